@@ -1,0 +1,1 @@
+"""dicom-gateway: a small, safe API gateway in front of a DICOMweb PACS."""

@@ -1,0 +1,39 @@
+"""`dicom-gateway serve [--host H] [--port P] [--env-file F]`: turn options into settings and run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import SettingsError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicom-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--env-file", type=Path, default=None, help="read settings from this file too")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as exc:
+        print(f"dicom-gateway: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    # loop/http "auto" pick uvloop and httptools when installed; logging is ours (log_config=None).
+    uvicorn.run(
+        app, host=args.host, port=args.port, loop="auto", http="auto", log_config=None,
+        proxy_headers=False, server_header=False, timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Per-request facts shared between the middleware and the code it wraps (the upstream client adds its time)."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    upstream_seconds: float = 0.0
+    upstream_calls: int = 0
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("gateway_request", default=None)
+
+
+def current_request() -> RequestContext | None:
+    return _current.get()
+
+
+def enter_request(context: RequestContext) -> Token[RequestContext | None]:
+    return _current.set(context)
+
+
+def leave_request(token: Token[RequestContext | None]) -> None:
+    _current.reset(token)
+
+
+def add_upstream_time(seconds: float) -> None:
+    context = _current.get()
+    if context is not None:
+        context.upstream_seconds += seconds
+        context.upstream_calls += 1

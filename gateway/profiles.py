@@ -1,0 +1,72 @@
+"""What differs between upstream PACS: one profile object per upstream, chosen by `PACS_PROFILE`.
+
+Routes never test which PACS they talk to; they ask the profile. Facts come from measurements against the real
+servers (`shared/upstreams/orthanc.md`) and from the vendors' conformance statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from gateway.settings import PacsProfileName
+
+# Media types as the upstream must receive them (PS3.18 §8.7.3). Orthanc matches Accept literally: no lists, no
+# q-values, no `image/*` (orthanc.md §3 WADO-RS), so the gateway always sends exactly one of these.
+DICOM_JSON = "application/dicom+json"
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+JPEG = "image/jpeg"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamProfile:
+    name: PacsProfileName
+    # Characters sent literally in query values. RFC 3986 lets a server decode percent-escapes, and standard servers
+    # do; Orthanc does not decode query values at all (orthanc.md pitfall 2), so QIDO wildcards (`*`, `?`), PN
+    # separators (`^`), lists (`,`) and date ranges (`-`) must reach it unescaped or they match nothing.
+    literal_query_chars: str
+    # PS3.18 §8.3.4: includefield may be repeated or comma-separated. Orthanc only understands the repeated form.
+    repeat_includefield: bool
+    supports_ups: bool
+    # A cheap DICOMweb request that proves the upstream answers (readiness).
+    readiness_path: str = "studies?limit=1"
+
+    def query_string(self, params: Iterable[tuple[str, str]]) -> str:
+        """Encode query parameters for this upstream, keeping its literal characters unescaped."""
+        pairs: list[tuple[str, str]] = []
+        includefields: list[str] = []
+        for key, value in params:
+            if key == "includefield":
+                includefields.extend(v for v in value.split(",") if v)
+            else:
+                pairs.append((key, value))
+        if self.repeat_includefield:
+            pairs.extend(("includefield", field) for field in includefields)
+        elif includefields:
+            pairs.append(("includefield", ",".join(includefields)))
+        safe = self.literal_query_chars
+        return "&".join(f"{quote(k, safe='')}={quote(v, safe=safe)}" for k, v in pairs)
+
+
+PROFILES: dict[PacsProfileName, UpstreamProfile] = {
+    PacsProfileName.ORTHANC: UpstreamProfile(
+        name=PacsProfileName.ORTHANC,
+        literal_query_chars="^*?,-.",
+        repeat_includefield=True,
+        supports_ups=False,  # orthanc-dicomweb 1.7: /workitems answers 404 "Unknown resource"
+    ),
+    PacsProfileName.AZURE: UpstreamProfile(
+        name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+    ),
+    PacsProfileName.DCM4CHEE: UpstreamProfile(
+        name=PacsProfileName.DCM4CHEE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+    ),
+    PacsProfileName.STANDARD: UpstreamProfile(
+        name=PacsProfileName.STANDARD, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+    ),
+}
+
+
+def profile_for(name: PacsProfileName) -> UpstreamProfile:
+    return PROFILES[name]

@@ -1,0 +1,169 @@
+"""The gateway's settings: read once from the environment (and an optional env file) into one object.
+
+Every field is named after its environment variable (case-insensitive match); `README.md` has the table. No other
+module reads the environment: `create_app(settings)` receives this object and passes typed values down.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.dicom import UidRootError, validate_uid_root
+
+
+class PacsProfileName(StrEnum):
+    ORTHANC = "orthanc"
+    AZURE = "azure"
+    DCM4CHEE = "dcm4chee"
+    STANDARD = "standard"
+
+
+class AuthMode(StrEnum):
+    JWT = "jwt"
+    NONE = "none"
+
+
+# Asymmetric algorithms only for keys from a JWKS: accepting HS256 there would let anyone sign with the public key.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the gateway; the message names the environment variable(s)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # --- upstream PACS ---------------------------------------------------------------------------------------------
+    pacs_service_url: AnyHttpUrl
+    pacs_profile: PacsProfileName = PacsProfileName.STANDARD
+    pacs_authorization_token: SecretStr | None = None
+    pacs_username: str | None = None
+    pacs_password: SecretStr | None = None
+    pacs_oauth_token_url: AnyHttpUrl | None = None
+    pacs_oauth_client_id: str | None = None
+    pacs_oauth_client_secret: SecretStr | None = None
+    pacs_oauth_scope: str | None = None
+    pacs_connect_timeout_s: float = Field(default=5.0, gt=0)
+    pacs_read_timeout_s: float = Field(default=60.0, gt=0)
+    pacs_pool_timeout_s: float = Field(default=10.0, gt=0)
+    pacs_max_connections: int = Field(default=100, ge=1)
+    # Orthanc closes idle keep-alive connections after 1 s (`Keep-Alive: timeout=1`): stay below it.
+    pacs_keepalive_expiry_s: float = Field(default=0.8, ge=0)
+    ready_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- identity of the organisation -----------------------------------------------------------------------------
+    dicom_uid_root: str = "2.25"
+    public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8080")
+
+    # --- logging --------------------------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    # --- inbound authentication -----------------------------------------------------------------------------------
+    auth_mode: AuthMode = AuthMode.JWT
+    auth_jwks_url: AnyHttpUrl | None = None
+    auth_jwt_secret: SecretStr | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_algorithms: Annotated[tuple[str, ...], NoDecode] = ()
+    auth_roles_claim: str = "roles"
+    auth_patient_id_claim: str = "patient_id"
+    auth_clock_skew_s: int = Field(default=30, ge=0, le=300)
+    auth_jwks_cache_s: float = Field(default=300.0, ge=0)
+    auth_jwks_min_refetch_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("log_level", "log_format", "pacs_profile", "auth_mode", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("auth_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("dicom_uid_root")
+    @classmethod
+    def _valid_uid_root(cls, value: str) -> str:
+        try:
+            return validate_uid_root(value)
+        except UidRootError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        self._check_upstream_auth()
+        self._check_inbound_auth()
+        return self
+
+    def _check_upstream_auth(self) -> None:
+        if (self.pacs_username is None) != (self.pacs_password is None):
+            raise ValueError("PACS_USERNAME and PACS_PASSWORD must be set together")
+        oauth = (self.pacs_oauth_token_url, self.pacs_oauth_client_id, self.pacs_oauth_client_secret)
+        if any(v is not None for v in oauth) and not all(v is not None for v in oauth):
+            raise ValueError(
+                "PACS_OAUTH_TOKEN_URL, PACS_OAUTH_CLIENT_ID and PACS_OAUTH_CLIENT_SECRET must be set together"
+            )
+        chosen = [
+            name
+            for name, on in (
+                ("PACS_AUTHORIZATION_TOKEN", self.pacs_authorization_token is not None),
+                ("PACS_USERNAME/PACS_PASSWORD", self.pacs_username is not None),
+                ("PACS_OAUTH_*", self.pacs_oauth_token_url is not None),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one upstream authentication method, not {' and '.join(chosen)}")
+
+    def _check_inbound_auth(self) -> None:
+        if self.auth_mode is AuthMode.NONE:
+            return
+        if (self.auth_jwks_url is None) == (self.auth_jwt_secret is None):
+            raise ValueError("AUTH_MODE=jwt needs exactly one of AUTH_JWKS_URL or AUTH_JWT_SECRET")
+        if self.auth_jwt_secret is not None and len(self.auth_jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError("AUTH_JWT_SECRET must be at least 32 bytes (RFC 7518 §3.2: a key as long as the hash)")
+        allowed = SYMMETRIC_ALGORITHMS if self.auth_jwt_secret is not None else ASYMMETRIC_ALGORITHMS
+        bad = [alg for alg in self.auth_algorithms if alg not in allowed]
+        if bad:
+            raise ValueError(f"AUTH_ALGORITHMS: {', '.join(bad)} not allowed here; choose from {', '.join(allowed)}")
+
+    @property
+    def jwt_algorithms(self) -> tuple[str, ...]:
+        """The allow-list of JWS algorithms: as configured, or the safe default for the key source."""
+        if self.auth_algorithms:
+            return self.auth_algorithms
+        if self.auth_jwt_secret is not None:
+            return ("HS256",)
+        return ("RS256", "PS256", "ES256", "EdDSA")
+
+
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once; raise `SettingsError` naming the offending variables."""
+    if env_file is not None and not env_file.is_file():
+        raise SettingsError(f"--env-file {env_file}: no such file")
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = error["loc"]
+        message = error["msg"].removeprefix("Value error, ")
+        if location:
+            lines.append(f"{str(location[0]).upper()}: {message}")
+        else:
+            lines.append(message)
+    return "invalid settings:\n  " + "\n  ".join(lines)
