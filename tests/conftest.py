@@ -1,0 +1,105 @@
+"""Fixtures: a real Orthanc for the session, the real app built by `create_app`, and signing keys for tokens."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+from starlette.applications import Starlette
+
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+from tests.orthanc import Orthanc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """The session's Orthanc, on free ports, stopped (and waited for) at the end of the run."""
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc_url(orthanc: Orthanc) -> str:
+    return orthanc.dicomweb_url
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"pacs_service_url": "http://127.0.0.1:9/dicom-web", "auth_mode": "none"}
+    values.update(overrides)
+    return load_settings(**values)
+
+
+AppClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and give a client that talks to it in-process (the real ASGI stack)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            yield client
+
+
+@pytest.fixture
+def app_client() -> AppClient:
+    """`async with app_client(**settings) as client:` — the real app with these settings, lifespan running."""
+
+    @asynccontextmanager
+    async def build(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        async with running(create_app(make_settings(**overrides))) as client:
+            yield client
+
+    return build
+
+
+class TokenIssuer:
+    """Signs JWTs the way an identity provider would: RS256 with a key published in a JWKS."""
+
+    def __init__(self, issuer: str = "https://idp.test", audience: str = "dicom-gateway") -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.key = RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "use": "sig", "alg": "RS256"})
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self.key.as_dict(private=False)]}
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": self.audience, "sub": "user-1", "iat": now, "exp": now + 300,
+            "roles": ["clinician"],
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, **overrides: Any) -> str:
+        return jwt.encode({"alg": "RS256", "kid": self.key.kid}, self.claims(**overrides), self.key)
+
+
+@pytest.fixture
+def issuer() -> TokenIssuer:
+    return TokenIssuer()
+
+
+def gateway_env(**settings: str) -> dict[str, str]:
+    """Environment for a `dicom-gateway serve` subprocess: this process's, without any inherited gateway settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_"))}
+    env.update({k.upper(): v for k, v in settings.items()})
+    return env

@@ -1,0 +1,68 @@
+"""Settings are read once, and bad ones stop the gateway at start with a message naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+from tests.conftest import gateway_env
+from tests.processes import CONSOLE_SCRIPT
+
+BASE = {"pacs_service_url": "http://127.0.0.1:8042/dicom-web", "auth_mode": "none"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"pacs_service_url": "not a url"}, "PACS_SERVICE_URL:"),
+        ({"pacs_profile": "pacsy"}, "PACS_PROFILE:"),
+        ({"log_format": "xml"}, "LOG_FORMAT:"),
+        ({"pacs_read_timeout_s": "-1"}, "PACS_READ_TIMEOUT_S:"),
+        ({"dicom_uid_root": "1.2.03"}, "DICOM_UID_ROOT:"),
+        ({"pacs_username": "gw"}, "PACS_USERNAME and PACS_PASSWORD"),
+        ({"pacs_oauth_token_url": "http://idp/token"}, "PACS_OAUTH_TOKEN_URL, PACS_OAUTH_CLIENT_ID"),
+        ({"pacs_authorization_token": "t", "pacs_username": "u", "pacs_password": "p"}, "PACS_AUTHORIZATION_TOKEN"),
+        ({"auth_mode": "jwt"}, "AUTH_JWKS_URL or AUTH_JWT_SECRET"),
+        ({"auth_mode": "jwt", "auth_jwt_secret": "short"}, "AUTH_JWT_SECRET must be at least 32 bytes"),
+        ({"auth_mode": "jwt", "auth_jwks_url": "http://idp/jwks", "auth_algorithms": "RS256,HS256"},
+         "AUTH_ALGORITHMS: HS256 not allowed"),
+        ({"auth_mode": "jwt", "auth_jwks_url": "http://idp/jwks", "auth_algorithms": "none"},
+         "AUTH_ALGORITHMS: none not allowed"),
+    ],
+)
+def test_bad_settings_name_the_variable(overrides: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match="invalid settings") as caught:
+        load_settings(None, **{**BASE, **overrides})
+    assert names in str(caught.value)
+
+
+def test_missing_upstream_url_is_named() -> None:
+    with pytest.raises(SettingsError, match="PACS_SERVICE_URL: Field required"):
+        load_settings(auth_mode="none")
+
+
+def test_settings_come_from_the_environment_and_an_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("PACS_SERVICE_URL=http://pacs.internal/dicom-web\nPACS_PROFILE=Orthanc\nAUTH_MODE=none\n")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    settings = load_settings(env_file)
+    assert str(settings.pacs_service_url) == "http://pacs.internal/dicom-web"
+    assert settings.pacs_profile == "orthanc"
+    assert settings.log_level == "debug"
+
+
+def test_a_missing_env_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings(tmp_path / "absent.env")
+
+
+def test_cli_exits_2_with_the_variable_named(tmp_path: Path) -> None:
+    env = gateway_env(pacs_service_url="http://127.0.0.1:8042/dicom-web", auth_mode="jwt")
+    result = subprocess.run([str(CONSOLE_SCRIPT), "serve", "--port", "1"], env=env, capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 2
+    assert "AUTH_MODE=jwt needs exactly one of AUTH_JWKS_URL or AUTH_JWT_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
