@@ -46,6 +46,9 @@ class GatewayProcess:
         self.stop()
         raise RuntimeError(f"the gateway did not start: {self.log()}")
 
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def stop(self) -> int | None:
         if self._process is None:
             return None

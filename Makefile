@@ -1,0 +1,43 @@
+# dicom-gateway: `make run` (gateway in front of a local Orthanc with sample exams) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' requirements.lock)
+
+.PHONY: install deps run test lint lock clean
+
+## install: create .venv from the lock file (a no-op when nothing changed)
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip sync -q --python $(BIN)/python --require-hashes requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
+	@touch $@
+
+## deps: the Debian packages (Orthanc, its DICOMweb plugin, PostgreSQL), installed only when missing
+deps:
+	@deploy/dev/install-deps.sh
+
+## run: the gateway on http://127.0.0.1:8080 in front of a local Orthanc with sample exams; Ctrl-C stops both
+run: deps install
+	@deploy/dev/run.sh
+
+## test: lint, type-check and the whole suite (starts and stops its own Orthanc and PostgreSQL)
+test: deps install lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## lock: recompile requirements.lock from pyproject.toml (names no package index)
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
+		--no-emit-index-url --quiet -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
