@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from tests.conftest import AppClient
+from gateway.app import create_app
+from tests.conftest import AppClient, make_settings
 
 PATIENT_ID = "PHI-PATIENT-7731"
 
@@ -83,3 +88,19 @@ async def test_unknown_route_and_wrong_method_are_json(app_client: AppClient) ->
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
     assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+async def test_a_bug_answers_500_in_the_error_shape() -> None:
+    app = create_app(make_settings())
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    app.router.routes.append(Route("/broken", broken))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            response = await client.get("/broken")
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal_error",
+                                         "message": "the gateway failed to handle this request", "details": None}}
