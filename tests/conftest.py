@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +38,14 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 
 @pytest.fixture(scope="session")
 def orthanc_url(orthanc: Orthanc) -> str:
+    return orthanc.dicomweb_url
+
+
+@pytest.fixture(scope="session")
+def samples_loaded(orthanc: Orthanc) -> str:
+    """The session's Orthanc with the `make run` sample exams (pydicom's bundled files) stored in it."""
+    subprocess.run([sys.executable, str(REPO_ROOT / "deploy" / "dev" / "load_samples.py"), orthanc.dicomweb_url],
+                   check=True, capture_output=True, timeout=60)
     return orthanc.dicomweb_url
 
 
