@@ -10,15 +10,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from gateway import docs, health, uids
+from gateway import docs, exams, health, uids
 from gateway.auth import build_authenticator
 from gateway.dicom import UidGenerator
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
+from gateway.part10 import configure_pydicom
 from gateway.profiles import profile_for
 from gateway.settings import AuthMode, Settings
+from gateway.uploads import ExamUploads
 from gateway.upstream import UpstreamClient
 
 log = structlog.get_logger(__name__)
@@ -26,14 +28,19 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings) -> Starlette:
     configure_logging(settings.log_level, settings.log_format)
+    configure_pydicom()
     metrics = Metrics()
     profile = profile_for(settings.pacs_profile)
     # Long-lived objects are built here and opened/closed by the lifespan; routes receive them as arguments.
     upstream = UpstreamClient(settings, profile, metrics)
     authenticator = build_authenticator(settings)
 
+    uploads = ExamUploads(
+        upstream, str(settings.public_base_url), settings.exams_max_upload_bytes, settings.exams_max_files
+    )
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
+        *exams.routes(upstream, authenticator, uploads),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
         *docs.routes(),
     ]

@@ -16,7 +16,11 @@ from gateway.settings import PacsProfileName
 # q-values, no `image/*` (orthanc.md §3 WADO-RS), so the gateway always sends exactly one of these.
 DICOM_JSON = "application/dicom+json"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+# PS3.18 §8.7.3.5.2: without `transfer-syntax=*` a server may transcode to Explicit VR Little Endian; with it, the
+# stored bytes come back as they are (what a download must return).
+MULTIPART_DICOM_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 JPEG = "image/jpeg"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +33,22 @@ class UpstreamProfile:
     # PS3.18 §8.3.4: includefield may be repeated or comma-separated. Orthanc only understands the repeated form.
     repeat_includefield: bool
     supports_ups: bool
+    # Orthanc answers a STOW-RS of an instance it already has with success and keeps the old copy (orthanc.md §3
+    # STOW-RS); others answer 409 or warning 0111. When True the gateway looks for duplicates itself.
+    silently_accepts_duplicates: bool = False
+    # Orthanc cannot match a value holding a space or any character that must be percent-encoded (it does not
+    # decode). Such characters are sent as the one-character wildcard `?`; the exact filter on the answer then
+    # removes anything the wildcard let through.
+    wildcard_unsendable: bool = False
     # A cheap DICOMweb request that proves the upstream answers (readiness).
     readiness_path: str = "studies?limit=1"
+
+    def exact_value(self, value: str) -> str:
+        """A value to match exactly, as this upstream can receive it (see `wildcard_unsendable`)."""
+        if not self.wildcard_unsendable:
+            return value
+        literal = _UNRESERVED.union(self.literal_query_chars)
+        return "".join(c if c in literal else "?" for c in value)
 
     def query_string(self, params: Iterable[tuple[str, str]]) -> str:
         """Encode query parameters for this upstream, keeping its literal characters unescaped."""
@@ -55,6 +73,8 @@ PROFILES: dict[PacsProfileName, UpstreamProfile] = {
         literal_query_chars="^*?,-.",
         repeat_includefield=True,
         supports_ups=False,  # orthanc-dicomweb 1.7: /workitems answers 404 "Unknown resource"
+        silently_accepts_duplicates=True,
+        wildcard_unsendable=True,
     ),
     PacsProfileName.AZURE: UpstreamProfile(
         name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True

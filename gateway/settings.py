@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     dicom_uid_root: str = "2.25"
     public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8080")
 
+    # --- exams ------------------------------------------------------------------------------------------------------
+    exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
+    exams_max_files: int = Field(default=1000, ge=1)
+
     # --- logging --------------------------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
@@ -159,8 +159,7 @@ class UpstreamClient:
         check_upstream_status(response, operation)
         return response
 
-    @asynccontextmanager
-    async def stream(
+    async def open_stream(
         self,
         method: str,
         path: str,
@@ -169,20 +168,31 @@ class UpstreamClient:
         params: Iterable[tuple[str, str]] = (),
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
-    ) -> AsyncIterator[httpx.Response]:
-        """An upstream exchange whose body the caller streams; the response is closed when the block ends."""
+    ) -> httpx.Response:
+        """Send a request and return once the answer's headers are in; the caller streams the body and must
+        `aclose()` the response (a streamed body outlives the handler, so no context manager fits)."""
         request = self._client.build_request(method, self.url(path, params), headers=headers, content=content)
         started = time.perf_counter()
         with upstream_errors(operation, self.metrics):
             response = await self._client.send(request, stream=True)
+        self._record(operation, response.status_code, started)
         try:
-            self._record(operation, response.status_code, started)
-            if response.status_code in (401, 403) or response.status_code >= 500:
-                await response.aclose()
             check_upstream_status(response, operation)
-            yield response
-        finally:
+        except UpstreamError:
             await response.aclose()
+            raise
+        return response
+
+    async def read_body(self, response: httpx.Response, operation: str) -> bytes:
+        """The whole (small) body of a streamed answer, transport failures mapped."""
+        with upstream_errors(operation, self.metrics):
+            return await response.aread()
+
+    async def iter_raw(self, response: httpx.Response, operation: str) -> AsyncIterator[bytes]:
+        """The body of a streamed answer as it arrives, transport failures mapped (504/502)."""
+        with upstream_errors(operation, self.metrics):
+            async for chunk in response.aiter_raw():
+                yield chunk
 
     async def readiness(self) -> str | None:
         """None when the upstream answers a cheap DICOMweb query; otherwise why not (for `/-/ready`)."""

@@ -21,6 +21,8 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
 from tests.orthanc import Orthanc
+from tests.recorder import RecordingProxy
+from tests.servers import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +49,14 @@ def samples_loaded(orthanc: Orthanc) -> str:
     subprocess.run([sys.executable, str(REPO_ROOT / "deploy" / "dev" / "load_samples.py"), orthanc.dicomweb_url],
                    check=True, capture_output=True, timeout=60)
     return orthanc.dicomweb_url
+
+
+@pytest.fixture
+def recorder(orthanc: Orthanc) -> Iterator[tuple[RecordingProxy, str]]:
+    """A recording proxy in front of the session's Orthanc; yields it and the DICOMweb URL to give the gateway."""
+    proxy = RecordingProxy(orthanc.url)
+    with serve(proxy) as server:
+        yield proxy, f"{server.url}/dicom-web"
 
 
 def make_settings(**overrides: Any) -> Settings:

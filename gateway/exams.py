@@ -1,0 +1,287 @@
+"""`/exams`: a patient's studies, series and instances (QIDO-RS), and one instance as a file or a thumbnail (WADO-RS).
+
+Scope is enforced three times over: the PatientId a caller names must be its own (unless a clinician); the values
+sent upstream cannot widen a match (`qido`); and every upstream answer is filtered to exact PatientID equality before
+it leaves. A study, series or instance that is not the patient's answers 404 exactly like one that does not exist.
+A downloaded file's own PatientID is checked from its first bytes before any byte is sent (a UID shared by two
+patients' data in the PACS then still cannot hand one patient the other's file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import httpx
+import structlog
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.auth import Authenticator, Caller, Handler, guarded
+from gateway.dicomjson import (
+    ACCESSION_NUMBER,
+    COLUMNS,
+    PATIENT_ID,
+    ROWS,
+    SERIES_UID,
+    SOP_INSTANCE_UID,
+    STUDY_UID,
+    DicomJson,
+)
+from gateway.errors import BadRequest, NotFound, UpstreamFailed
+from gateway.multipart import MultipartError, SinglePartReader, boundary_of
+from gateway.part10 import PatientIdProbe
+from gateway.profiles import DICOM_JSON, JPEG, MULTIPART_DICOM_AS_STORED
+from gateway.qido import (
+    PATIENT_ID_SPELLINGS,
+    Level,
+    SearchQuery,
+    bad_parameter,
+    parse_patient_id,
+    parse_search,
+    single,
+    validate_path_uid,
+)
+from gateway.scope import EXAMS_ROLES, require_patient_access
+from gateway.uploads import ExamUploads
+from gateway.upstream import UpstreamClient
+
+log = structlog.get_logger(__name__)
+
+FILE_TYPES = ("application/dicom", "image/jpeg")
+DEFAULT_THUMBNAIL = 256
+MAX_THUMBNAIL = 2048
+PRIVATE = {"Cache-Control": "private, no-store"}  # patient data: never kept by shared caches
+
+
+class Exams:
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self._upstream = upstream
+        self._profile = upstream.profile
+
+    # --- search ---------------------------------------------------------------------------------------------------
+
+    async def studies(self, request: Request, caller: Caller) -> Response:
+        query = self._scoped_search(request, caller, Level.STUDY)
+        found = await self._search("studies", query)
+        return _json(found)
+
+    async def series(self, request: Request, caller: Caller) -> Response:
+        study = validate_path_uid("study", request.path_params["study"])
+        query = self._scoped_search(request, caller, Level.SERIES)
+        found = await self._search(f"studies/{study}/series", query)
+        if not found and not await self._owns(query.patient_id, "studies", [("StudyInstanceUID", study)]):
+            raise NotFound("no such study for this patient", {"study": study})
+        return _json(found)
+
+    async def instances(self, request: Request, caller: Caller) -> Response:
+        study = validate_path_uid("study", request.path_params["study"])
+        series = validate_path_uid("series", request.path_params["series"])
+        query = self._scoped_search(request, caller, Level.INSTANCE)
+        found = await self._search(f"studies/{study}/series/{series}/instances", query)
+        if not found and not await self._owns(
+            query.patient_id, f"studies/{study}/series", [("SeriesInstanceUID", series)]
+        ):
+            raise NotFound("no such series for this patient", {"study": study, "series": series})
+        return _json(found)
+
+    def _scoped_search(self, request: Request, caller: Caller, level: Level) -> SearchQuery:
+        query = parse_search(request.query_params, level)
+        require_patient_access(caller, query.patient_id)
+        return query
+
+    async def _search(self, path: str, query: SearchQuery) -> list[DicomJson]:
+        params = [("PatientID", self._profile.exact_value(query.patient_id))]
+        params += [(name, self._profile.exact_value(value)) for name, value in query.filters]
+        # PatientID in every answer, whatever the level, so that the exact filter below can see it.
+        params += [("includefield", field) for field in (*query.includefields, PATIENT_ID)]
+        params += [("limit", str(query.limit)), ("offset", str(query.offset))]
+        found = await self._qido(path, params)
+        accession = dict(query.filters).get("AccessionNumber")
+        return [
+            ds for ds in found
+            if ds.string(PATIENT_ID) == query.patient_id
+            and (accession is None or ds.string(ACCESSION_NUMBER) == accession)
+        ]
+
+    async def _owns(self, patient_id: str, path: str, params: list[tuple[str, str]]) -> bool:
+        """Whether the resource named by a path/params exists for exactly this patient."""
+        found = await self._qido(
+            path, [*params, ("PatientID", self._profile.exact_value(patient_id)), ("includefield", PATIENT_ID)]
+        )
+        return any(ds.string(PATIENT_ID) == patient_id for ds in found)
+
+    async def _qido(self, path: str, params: Iterable[tuple[str, str]]) -> list[DicomJson]:
+        response = await self._upstream.request(
+            "GET", path, operation="qido", params=params, headers={"Accept": DICOM_JSON}
+        )
+        # PS3.18 §10.6.3: 204 or an empty array when nothing matches; some servers answer 404 for an unknown parent.
+        if response.status_code in (204, 404) or (response.status_code == 200 and not response.content):
+            return []
+        if response.status_code != 200:
+            raise UpstreamFailed("the PACS refused a search", {"upstream_status": response.status_code})
+        try:
+            return DicomJson.list_from(response.json())
+        except ValueError:
+            raise UpstreamFailed("the PACS answered a search with something other than DICOM JSON") from None
+
+    # --- retrieval ------------------------------------------------------------------------------------------------
+
+    async def instance(self, request: Request, caller: Caller) -> Response:
+        study = validate_path_uid("study", request.path_params["study"])
+        series = validate_path_uid("series", request.path_params["series"])
+        sop = validate_path_uid("instance", request.path_params["instance"])
+        params = request.query_params
+        _only(params, {*PATIENT_ID_SPELLINGS, "fileType", "size"})
+        patient_id = parse_patient_id(params)
+        file_type = single(params, "fileType")
+        if file_type is None:
+            raise BadRequest("fileType is required", {"parameter": "fileType", "allowed": list(FILE_TYPES)})
+        if file_type not in FILE_TYPES:
+            raise bad_parameter("fileType", f"one of {', '.join(FILE_TYPES)}")
+        size = _thumbnail_size(params)
+        require_patient_access(caller, patient_id)
+
+        found = await self._search(
+            f"studies/{study}/series/{series}/instances",
+            SearchQuery(patient_id, (("SOPInstanceUID", sop),), includefields=(ROWS, COLUMNS), limit=2),
+        )
+        located = [ds for ds in found if ds.string(SOP_INSTANCE_UID) == sop
+                   and ds.string(STUDY_UID) in (None, study) and ds.string(SERIES_UID) in (None, series)]
+        if len(located) != 1:
+            raise NotFound("no such instance for this patient", {"instance": sop})
+        path = f"studies/{study}/series/{series}/instances/{sop}"
+        if file_type == "image/jpeg":
+            return await self._thumbnail(path, size, located[0])
+        return await self._file(path, sop, patient_id)
+
+    async def _file(self, path: str, sop: str, patient_id: str) -> Response:
+        response = await self._upstream.open_stream(
+            "GET", path, operation="wado_instance", headers={"Accept": MULTIPART_DICOM_AS_STORED}
+        )
+        try:
+            _expect_found(response, path)
+            reader = SinglePartReader(self._upstream.iter_raw(response, "wado_instance"),
+                                      boundary_of(response.headers.get("content-type", "")))
+            await reader.open()
+            body = reader.body()
+            prefix = await _read_until_patient_known(body, patient_id)
+        except MultipartError as exc:
+            await response.aclose()
+            raise UpstreamFailed("the PACS answered with a malformed multipart body", {"reason": str(exc)}) from None
+        except BaseException:
+            await response.aclose()
+            raise
+        headers = {
+            **PRIVATE,
+            "Content-Disposition": f'attachment; filename="{sop}.dcm"',
+        }
+        if reader.length is not None:
+            headers["Content-Length"] = str(reader.length)
+        return StreamingResponse(
+            _relay(prefix, body, response), media_type="application/dicom", headers=headers
+        )
+
+    async def _thumbnail(self, path: str, size: int, instance: DicomJson) -> Response:
+        width, height = _viewport(size, instance.integer(ROWS), instance.integer(COLUMNS))
+        # PS3.18 §8.3.5.1.3 viewport: the gateway computes it from the image's shape so that the longest edge is
+        # `size` and the aspect ratio is kept (Orthanc stretches to whatever viewport it is given).
+        response = await self._upstream.open_stream(
+            "GET", f"{path}/rendered", operation="wado_rendered", params=[("viewport", f"{width},{height}")],
+            headers={"Accept": JPEG},
+        )
+        try:
+            _expect_found(response, path, media_type=JPEG)
+        except BaseException:
+            await response.aclose()
+            raise
+        headers = dict(PRIVATE)
+        if "content-length" in response.headers:
+            headers["Content-Length"] = response.headers["content-length"]
+        return StreamingResponse(
+            _relay([], self._upstream.iter_raw(response, "wado_rendered"), response), media_type=JPEG,
+            headers=headers,
+        )
+
+
+def _expect_found(response: httpx.Response, path: str, media_type: str | None = None) -> None:
+    if response.status_code == 404:
+        raise NotFound("no such instance for this patient")
+    if response.status_code != 200:
+        raise UpstreamFailed("the PACS refused a retrieval", {"upstream_status": response.status_code})
+    if media_type is not None and response.headers.get("content-type", "").split(";")[0].strip() != media_type:
+        raise UpstreamFailed(f"the PACS answered with something other than {media_type}")
+
+
+async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str) -> list[bytes]:
+    """Read the file's first bytes until its PatientID is known; 404 unless it is the patient's."""
+    probe = PatientIdProbe()
+    prefix: list[bytes] = []
+    while not probe.done:
+        try:
+            chunk = await anext(body)
+        except StopAsyncIteration:
+            probe.feed(b"", final=True)
+            break
+        prefix.append(chunk)
+        try:
+            probe.feed(chunk)
+        except ValueError as exc:
+            raise UpstreamFailed("the PACS returned a file whose header cannot be read", {"reason": str(exc)}) from None
+    if probe.patient_id != patient_id:
+        log.warning("wado_patient_mismatch", message="a UID resolved to a file of another patient; refused")
+        raise NotFound("no such instance for this patient")
+    return prefix
+
+
+async def _relay(prefix: list[bytes], rest: AsyncIterator[bytes], response: httpx.Response) -> AsyncIterator[bytes]:
+    """Send what was read ahead, then the rest as it arrives; the upstream answer is closed whatever happens."""
+    try:
+        for chunk in prefix:
+            yield chunk
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await response.aclose()
+
+
+def _viewport(size: int, rows: int | None, columns: int | None) -> tuple[int, int]:
+    if not rows or not columns:
+        return size, size
+    longest = max(rows, columns)
+    return max(1, round(columns * size / longest)), max(1, round(rows * size / longest))
+
+
+def _thumbnail_size(params: QueryParams) -> int:
+    raw = single(params, "size")
+    if raw is None:
+        return DEFAULT_THUMBNAIL
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_THUMBNAIL:
+        raise bad_parameter("size", f"an integer from 1 to {MAX_THUMBNAIL}")
+    return int(raw)
+
+
+def _only(params: QueryParams, allowed: set[str]) -> None:
+    unknown = sorted(set(params.keys()) - allowed)
+    if unknown:
+        raise bad_parameter(unknown[0], "unknown parameter")
+
+
+def _json(datasets: list[DicomJson]) -> Response:
+    return JSONResponse([ds.raw for ds in datasets], headers=PRIVATE)
+
+
+def routes(upstream: UpstreamClient, authenticator: Authenticator, uploads: ExamUploads) -> list[Route]:
+    exams = Exams(upstream)
+
+    def route(path: str, handler: Handler, method: str) -> Route:
+        return Route(path, guarded(authenticator, EXAMS_ROLES, handler), methods=[method])
+
+    return [
+        route("/exams", uploads.upload, "POST"),
+        route("/exams/studies", exams.studies, "GET"),
+        route("/exams/studies/{study}/series", exams.series, "GET"),
+        route("/exams/studies/{study}/series/{series}/instances", exams.instances, "GET"),
+        route("/exams/studies/{study}/series/{series}/instance/{instance}", exams.instance, "GET"),
+    ]

@@ -1,0 +1,143 @@
+"""DICOM Part 10 files at the gateway's edge: what it reads of them, and only that (PS3.10 §7).
+
+- `read_header`: an uploaded file's identifying attributes, parsed by pydicom up to (never into) the pixel data.
+- `PatientIdProbe`: the PatientID of a file arriving as a stream, from as few leading bytes as possible.
+
+The 128-byte preamble is never passed on as sent: PS3.10 §7.5 lets it hold anything, which is how a file can also be a
+valid executable or archive (the "preamble attack", CVE-2019-11687). The gateway stores zeros in its place.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import IO
+
+import pydicom
+import pydicom.config
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+
+from gateway.dicom import is_valid_uid
+from gateway.errors import UnprocessableContent
+from gateway.qido import MATCHING_CHARACTERS
+
+PREAMBLE_LENGTH = 128
+ZERO_PREAMBLE = bytes(PREAMBLE_LENGTH)
+PATIENT_ID_TAG = 0x00100020
+# What pydicom may raise on a damaged header; anything else is a bug and must surface as one.
+PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError,
+                struct.error, NotImplementedError, AttributeError, UnicodeDecodeError, LookupError)
+
+
+def configure_pydicom() -> None:
+    """Parse what arrives without pydicom's warnings: invalid values are the gateway's to judge, not to log."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    patient_id: str
+
+
+REQUIRED = (
+    ("StudyInstanceUID", True),
+    ("SeriesInstanceUID", True),
+    ("SOPInstanceUID", True),
+    ("SOPClassUID", True),
+    ("PatientID", False),
+)
+
+
+def read_header(file: IO[bytes], filename: str) -> InstanceHeader:
+    """Parse the header of an uploaded Part 10 file; 422 naming the file and attribute when it cannot be stored.
+
+    Blocking I/O on a spooled file: call it from a worker thread.
+    """
+    file.seek(0)
+    try:
+        dataset = pydicom.dcmread(file, stop_before_pixels=True, defer_size=4096, force=False)
+        values = {keyword: _text(dataset.get(keyword)) for keyword, _ in REQUIRED}
+    except PARSE_ERRORS as exc:
+        raise UnprocessableContent(
+            f"{filename} is not a DICOM Part 10 file",
+            {"file": filename, "reason": _reason(exc)},
+        ) from None
+    for keyword, is_uid in REQUIRED:
+        value = values[keyword]
+        if not value:
+            raise UnprocessableContent(
+                f"{filename} lacks {keyword}", {"file": filename, "attribute": keyword, "reason": "missing"}
+            )
+        if is_uid and not is_valid_uid(value):
+            raise UnprocessableContent(
+                f"{filename}: {keyword} is not a valid UID",
+                {"file": filename, "attribute": keyword, "reason": "1-64 digits and dots, no leading zeros"},
+            )
+    patient_id = values["PatientID"]
+    if len(patient_id) > 64 or MATCHING_CHARACTERS.intersection(patient_id):
+        raise UnprocessableContent(
+            f"{filename}: PatientID cannot be matched exactly",
+            {"file": filename, "attribute": "PatientID", "reason": "at most 64 characters, none of * ? \\ ,"},
+        )
+    return InstanceHeader(
+        study_uid=values["StudyInstanceUID"],
+        series_uid=values["SeriesInstanceUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        sop_class_uid=values["SOPClassUID"],
+        patient_id=patient_id,
+    )
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)  # a multi-valued ID: refused below by the `\` check or UID check
+    return str(value).strip(" \x00")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, InvalidDicomError):
+        return "no DICM prefix after the 128-byte preamble, or no file meta information"
+    return f"unreadable header ({type(exc).__name__})"
+
+
+class PatientIdProbe:
+    """Finds the PatientID in the first bytes of a Part 10 stream.
+
+    Feed chunks until `done`; then `patient_id` is the value ("" when the file has none). The dataset is parsed
+    only until the first element past (0010,0020), so a few KiB suffice for any ordinary file.
+    """
+
+    def __init__(self, limit: int = 4 * 1024 * 1024) -> None:
+        self._buffer = bytearray()
+        self._limit = limit
+        self.done = False
+        self.patient_id = ""
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> None:
+        self._buffer += chunk
+        passed = False
+
+        def stop_when(tag: int, vr: str | None, length: int) -> bool:
+            nonlocal passed
+            passed = tag > PATIENT_ID_TAG
+            return passed
+
+        try:
+            dataset = read_partial(io.BytesIO(bytes(self._buffer)), stop_when=stop_when, defer_size=None)
+        except PARSE_ERRORS:
+            if final or len(self._buffer) >= self._limit:
+                raise ValueError("the stored file's header cannot be read") from None
+            return
+        if passed or final:
+            self.done = True
+            self.patient_id = _text(dataset.get("PatientID"))
+        elif len(self._buffer) >= self._limit:
+            raise ValueError(f"no PatientID in the first {self._limit} bytes of the stored file")

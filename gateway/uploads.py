@@ -1,0 +1,264 @@
+"""`POST /exams`: multipart/form-data DICOM files in, STOW-RS out (PS3.18 §10.5), all or nothing on bad input.
+
+1. The body is parsed as it arrives; each `file` part is spooled to a temporary file (memory up to 1 MiB, then disk)
+   and the total is capped at `EXAMS_MAX_UPLOAD_BYTES` (413 as soon as it is passed).
+2. Each file's header is read (never its pixel data) and checked; one bad file refuses the whole upload (422), a
+   file of another patient refuses it for a patient caller (403): nothing is stored in either case.
+3. Instances the upstream already holds are not sent again (Orthanc would report them stored and keep its copy):
+   they are reported as failed with reason 45070; when every instance is a duplicate the answer is 409.
+4. The rest stream to the upstream in one STOW-RS request, preambles replaced with zeros, and the STOW-RS answer
+   comes back with its RetrieveURLs pointing at the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive
+
+from gateway.auth import Caller
+from gateway.dicomjson import (
+    FAILED_SOP_SEQUENCE,
+    FAILURE_REASON,
+    REFERENCED_SOP_CLASS_UID,
+    REFERENCED_SOP_INSTANCE_UID,
+    REFERENCED_SOP_SEQUENCE,
+    RETRIEVE_URL,
+    SOP_INSTANCE_UID,
+    DicomJson,
+)
+from gateway.errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
+from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
+from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, read_header
+from gateway.profiles import DICOM_JSON
+from gateway.scope import require_patient_access
+from gateway.upstream import UpstreamClient
+
+log = structlog.get_logger(__name__)
+
+# Azure DICOM service's failure reason for "an instance with these UIDs is already stored"; clients of the product
+# this API comes from look for it.
+ALREADY_STORED = 45070
+# Failure reasons that mean "already there": Azure's 45070 and 0x0111, "Duplicate SOP Instance" (PS3.7 §C.4.2).
+_DUPLICATE_REASONS = frozenset({ALREADY_STORED, 0x0111})
+_CHUNK = 1024 * 1024
+_UIDS_PER_LOOKUP = 40  # keeps the lookup URL under ~3 KB
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    part: UploadFile
+    filename: str
+    header: InstanceHeader
+
+    @property
+    def size(self) -> int:
+        return self.part.size or 0
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (also when sent chunked)."""
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": limit})
+        return message
+
+    return receive_limited
+
+
+class ExamUploads:
+    def __init__(self, upstream: UpstreamClient, public_base_url: str, max_bytes: int, max_files: int) -> None:
+        self._upstream = upstream
+        self._base = public_base_url.rstrip("/")
+        self._max_bytes = max_bytes
+        self._max_files = max_files
+
+    async def upload(self, request: Request, caller: Caller) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "multipart/form-data":
+            raise UnsupportedMediaType("POST /exams takes multipart/form-data", {"content_type": content_type})
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": self._max_bytes})
+        limited = Request(request.scope, _limited(request.receive, self._max_bytes))
+        form = await limited.form(max_files=self._max_files, max_fields=100)
+        try:
+            uploads = await self._parse(form)
+            for item in uploads:
+                require_patient_access(caller, item.header.patient_id)
+            fresh, duplicates = await self._split_duplicates(uploads)
+            if not fresh:
+                raise Conflict(
+                    "every instance is already stored",
+                    {"failures": [_failure_detail(item) for item in duplicates],
+                     "response": [_stow_failures(duplicates).raw]},
+                )
+            dataset = await self._store(fresh)
+        finally:
+            await form.close()
+        self._point_at_gateway(dataset, fresh)
+        if duplicates:
+            failed = [*dataset.items(FAILED_SOP_SEQUENCE), *_stow_failures(duplicates).items(FAILED_SOP_SEQUENCE)]
+            dataset.set_sequence(FAILED_SOP_SEQUENCE, failed)
+        log.info("exams_uploaded", instances=len(fresh), duplicates=len(duplicates),
+                 bytes=sum(item.size for item in fresh))
+        return JSONResponse([dataset.raw], headers={"Cache-Control": "no-store"})
+
+    async def _parse(self, form: FormData) -> list[Upload]:
+        uploads: list[Upload] = []
+        for index, (name, value) in enumerate(form.multi_items()):
+            if name != "file":
+                raise BadRequest(f"unexpected form field {name!r}: send the DICOM files as parts named 'file'",
+                                 {"field": name})
+            filename = f"part {index + 1}"
+            if not isinstance(value, UploadFile):
+                raise UnprocessableContent(f"{filename} is a text field, not a file", {"file": filename})
+            filename = value.filename or filename
+            header = await run_in_threadpool(read_header, value.file, filename)
+            uploads.append(Upload(value, filename, header))
+        if not uploads:
+            raise BadRequest("no DICOM file: send one or more parts named 'file'", {"field": "file"})
+        return uploads
+
+    async def _split_duplicates(self, uploads: list[Upload]) -> tuple[list[Upload], list[Upload]]:
+        """Instances sent twice in one upload, or already held upstream where the upstream would not say so."""
+        seen: set[str] = set()
+        fresh: list[Upload] = []
+        duplicates: list[Upload] = []
+        for item in uploads:
+            uid = item.header.sop_instance_uid
+            (duplicates if uid in seen else fresh).append(item)
+            seen.add(uid)
+        if self._upstream.profile.silently_accepts_duplicates:
+            stored = await self._stored_instances([item.header.sop_instance_uid for item in fresh])
+            duplicates += [item for item in fresh if item.header.sop_instance_uid in stored]
+            fresh = [item for item in fresh if item.header.sop_instance_uid not in stored]
+        return fresh, duplicates
+
+    async def _stored_instances(self, uids: list[str]) -> set[str]:
+        stored: set[str] = set()
+        for start in range(0, len(uids), _UIDS_PER_LOOKUP):
+            batch = uids[start : start + _UIDS_PER_LOOKUP]
+            # UID list matching (PS3.4 §C.2.2.2.2): one query for many UIDs.
+            response = await self._upstream.request(
+                "GET", "instances", operation="stow_duplicate_check", headers={"Accept": DICOM_JSON},
+                params=[("SOPInstanceUID", ",".join(batch)), ("limit", str(len(batch) * 4))],
+            )
+            if response.status_code in (200, 204) and response.content:
+                wanted = set(batch)
+                stored.update(
+                    uid for ds in DicomJson.list_from(response.json())
+                    if (uid := ds.string(SOP_INSTANCE_UID)) in wanted
+                )
+        return stored
+
+    async def _store(self, uploads: list[Upload]) -> DicomJson:
+        boundary = new_boundary()
+        heads = [related_part_header(boundary, "application/dicom", item.size) for item in uploads]
+        closing = related_closing(boundary)
+        length = sum(len(h) + item.size + len(PART_SEPARATOR) for h, item in zip(heads, uploads, strict=True))
+        length += len(closing)
+
+        async def body() -> AsyncIterator[bytes]:
+            for head, item in zip(heads, uploads, strict=True):
+                yield head
+                yield ZERO_PREAMBLE  # PS3.10 §7.1: the preamble as the gateway stores it
+                await item.part.seek(PREAMBLE_LENGTH)
+                while chunk := await item.part.read(_CHUNK):
+                    yield chunk
+                yield PART_SEPARATOR
+            yield closing
+
+        response = await self._upstream.open_stream(
+            "POST", "studies", operation="stow", content=body(),
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Content-Length": str(length),
+                "Accept": DICOM_JSON,
+            },
+        )
+        try:
+            payload = await self._upstream.read_body(response, "stow")
+        finally:
+            await response.aclose()
+        return _stow_answer(response, payload)
+
+    def _point_at_gateway(self, dataset: DicomJson, uploads: list[Upload]) -> None:
+        """RetrieveURLs name the gateway's `/exams` paths, never the internal PACS (PS3.18 §10.5.3)."""
+        by_uid = {item.header.sop_instance_uid: item.header for item in uploads}
+        for item in dataset.items(REFERENCED_SOP_SEQUENCE):
+            header = by_uid.get(item.string(REFERENCED_SOP_INSTANCE_UID) or "")
+            if header is None:
+                item.remove(RETRIEVE_URL)
+            else:
+                item.set_string(RETRIEVE_URL, "UR", self.instance_url(header))
+        for item in dataset.items(FAILED_SOP_SEQUENCE):
+            item.remove(RETRIEVE_URL)
+        studies = {(h.study_uid, h.patient_id) for h in by_uid.values()}
+        if len(studies) == 1:
+            study_uid, patient_id = studies.pop()
+            dataset.set_string(RETRIEVE_URL, "UR", self.study_url(study_uid, patient_id))
+        else:
+            dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
+
+    def study_url(self, study_uid: str, patient_id: str) -> str:
+        return f"{self._base}/exams/studies/{study_uid}/series?PatientId={quote(patient_id, safe='')}"
+
+    def instance_url(self, h: InstanceHeader) -> str:
+        return (
+            f"{self._base}/exams/studies/{h.study_uid}/series/{h.series_uid}/instance/{h.sop_instance_uid}"
+            f"?PatientId={quote(h.patient_id, safe='')}&fileType=application%2Fdicom"
+        )
+
+
+def _stow_answer(response: httpx.Response, payload: bytes) -> DicomJson:
+    """The STOW-RS response dataset; an upstream refusal of instances the gateway found valid becomes 409 or 422."""
+    try:
+        decoded = json.loads(payload)  # Orthanc sends it with no Content-Type (orthanc.md pitfall 5)
+        if isinstance(decoded, list):
+            dataset = DicomJson.list_from(decoded)[0]
+        else:
+            dataset = DicomJson(decoded if isinstance(decoded, dict) else {})
+    except (ValueError, IndexError, TypeError):
+        dataset = DicomJson({})
+    if response.status_code in (200, 202):
+        return dataset
+    reasons = [item.integer(FAILURE_REASON) for item in dataset.items(FAILED_SOP_SEQUENCE)]
+    details = {"upstream_status": response.status_code, "failure_reasons": reasons}
+    if response.status_code == 409 and reasons and all(r in _DUPLICATE_REASONS for r in reasons):
+        raise Conflict("every instance is already stored", details)
+    raise UnprocessableContent("the PACS refused to store the instances", details)
+
+
+def _failure_detail(item: Upload) -> dict[str, object]:
+    return {"file": item.filename, "SOPInstanceUID": item.header.sop_instance_uid, "FailureReason": ALREADY_STORED}
+
+
+def _stow_failures(duplicates: list[Upload]) -> DicomJson:
+    """A STOW-RS response dataset listing `duplicates` in its FailedSOPSequence (PS3.18 Table 10.5.3-1)."""
+    dataset = DicomJson({})
+    items = []
+    for item in duplicates:
+        failed = DicomJson({})
+        failed.set_string(REFERENCED_SOP_CLASS_UID, "UI", item.header.sop_class_uid)
+        failed.set_string(REFERENCED_SOP_INSTANCE_UID, "UI", item.header.sop_instance_uid)
+        failed.set_integer(FAILURE_REASON, "US", ALREADY_STORED)
+        items.append(failed)
+    dataset.set_sequence(FAILED_SOP_SEQUENCE, items)
+    return dataset
+
