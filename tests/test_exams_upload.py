@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -142,8 +143,9 @@ async def test_upload_above_the_limit_is_413_with_or_without_content_length(orth
         exams = Exams(client)
         error(await exams.upload(instance), 413, "payload_too_large")
         boundary = "b0undary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.dcm\"\r\n"
-                f"Content-Type: application/dicom\r\n\r\n").encode() + instance.data + f"\r\n--{boundary}--\r\n".encode()
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.dcm\"\r\n"
+                f"Content-Type: application/dicom\r\n\r\n").encode()
+        body = head + instance.data + f"\r\n--{boundary}--\r\n".encode()
 
         async def chunked() -> AsyncIterator[bytes]:
             for start in range(0, len(body), 4096):
@@ -204,7 +206,8 @@ async def test_stow_reaches_the_upstream_as_one_multipart_related_request(record
     assert response.status_code == 200
     methods = [(seen.method, seen.path) for seen in proxy.seen]
     assert methods == [("GET", "/dicom-web/instances"), ("POST", "/dicom-web/studies")]
-    assert "SOPInstanceUID=" in proxy.seen[0].query and proxy.seen[0].query.count(",") == 2
+    assert "SOPInstanceUID=" in proxy.seen[0].query
+    assert proxy.seen[0].query.count(",") == 2
 
 
 async def test_uploaded_files_need_a_token(exams: Exams) -> None:
