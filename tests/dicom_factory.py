@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MULTIFRAME_GRAYSCALE_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -82,8 +82,8 @@ def generated(patient_id: str, *, study_uid: str | None = None, series_uid: str 
     sop_class = MULTIFRAME_GRAYSCALE_WORD if frames > 1 else CT_IMAGE_STORAGE
     sop_uid = new_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = generate_uid(prefix="1.2.826.0.1.3680043.8.498.")
     ds = Dataset()
