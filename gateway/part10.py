@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from dataclasses import dataclass
 from typing import IO
 
 import pydicom
 import pydicom.config
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_partial
 
 from gateway.dicom import is_valid_uid
@@ -27,13 +28,17 @@ PREAMBLE_LENGTH = 128
 ZERO_PREAMBLE = bytes(PREAMBLE_LENGTH)
 PATIENT_ID_TAG = 0x00100020
 # What pydicom may raise on a damaged header; anything else is a bug and must surface as one.
-PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError,
-                struct.error, NotImplementedError, AttributeError, UnicodeDecodeError, LookupError)
+PARSE_ERRORS = (InvalidDicomError, BytesLengthException, EOFError, ValueError, TypeError, KeyError, IndexError,
+                OverflowError, struct.error, NotImplementedError, AttributeError, UnicodeDecodeError, LookupError)
 
 
 def configure_pydicom() -> None:
-    """Parse what arrives without pydicom's warnings: invalid values are the gateway's to judge, not to log."""
+    """Parse what arrives without pydicom's warnings: invalid values are the gateway's to judge, not to log.
+
+    Process-wide by nature (pydicom's settings and the warnings filter are); idempotent.
+    """
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +137,13 @@ class PatientIdProbe:
 
         try:
             dataset = read_partial(io.BytesIO(bytes(self._buffer)), stop_when=stop_when, defer_size=None)
+            patient_id = _text(dataset.get("PatientID")) if passed or final else ""
         except PARSE_ERRORS:
             if final or len(self._buffer) >= self._limit:
                 raise ValueError("the stored file's header cannot be read") from None
             return
         if passed or final:
             self.done = True
-            self.patient_id = _text(dataset.get("PatientID"))
+            self.patient_id = patient_id
         elif len(self._buffer) >= self._limit:
             raise ValueError(f"no PatientID in the first {self._limit} bytes of the stored file")

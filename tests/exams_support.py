@@ -61,24 +61,25 @@ class Exams:
         files = [("file", (f"{i.sop_uid}.dcm", i.data, "application/dicom")) for i in instances]
         return await self.client.post("/exams", files=files, headers=headers or clinician())
 
-    async def studies(self, patient_id: str, headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
-        return await self.client.get("/exams/studies", params={"PatientId": patient_id, **params},
+    async def studies(self, patient_id: str, params: dict[str, str] | None = None, *,
+                      headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.client.get("/exams/studies", params={"PatientId": patient_id, **(params or {})},
                                      headers=headers or clinician())
 
-    async def series(self, study: str, patient_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def series(self, study: str, patient_id: str, *, headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.client.get(f"/exams/studies/{study}/series", params={"PatientId": patient_id},
                                      headers=headers or clinician())
 
-    async def instances(self, study: str, series: str, patient_id: str,
+    async def instances(self, study: str, series: str, patient_id: str, *,
                         headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.client.get(f"/exams/studies/{study}/series/{series}/instances",
                                      params={"PatientId": patient_id}, headers=headers or clinician())
 
-    async def file(self, instance: Instance, patient_id: str | None = None, file_type: str = "application/dicom",
-                   headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
+    async def file(self, instance: Instance, *, patient_id: str | None = None, file_type: str = "application/dicom",
+                   headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> httpx.Response:
         return await self.client.get(
             f"/exams/studies/{instance.study_uid}/series/{instance.series_uid}/instance/{instance.sop_uid}",
-            params={"PatientId": patient_id or instance.patient_id, "fileType": file_type, **params},
+            params={"PatientId": patient_id or instance.patient_id, "fileType": file_type, **(params or {})},
             headers=headers or clinician(),
         )
 
