@@ -23,6 +23,9 @@ dicom-gateway on $gw, in front of Orthanc on http://127.0.0.1:$ORTHANC_HTTP_PORT
 Try:
   curl $gw/-/ready
   curl $gw/uid
+  curl "$gw/exams/studies?PatientId=1CT1"
+  curl "$gw/exams/studies/1.3.6.1.4.1.5962.1.2.1.20040119072730.12322/series?PatientId=1CT1"
+  curl -F file=@some.dcm $gw/exams
   curl $gw/-/metrics
   curl $gw/openapi.yaml
 Ctrl-C stops the gateway and Orthanc.
