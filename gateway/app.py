@@ -14,6 +14,7 @@ from gateway import docs, exams, health, uids
 from gateway.auth import build_authenticator
 from gateway.dicom import UidGenerator
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.links import ExamLinks
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
@@ -35,12 +36,11 @@ def create_app(settings: Settings) -> Starlette:
     upstream = UpstreamClient(settings, profile, metrics)
     authenticator = build_authenticator(settings)
 
-    uploads = ExamUploads(
-        upstream, str(settings.public_base_url), settings.exams_max_upload_bytes, settings.exams_max_files
-    )
+    links = ExamLinks(str(settings.public_base_url))
+    uploads = ExamUploads(upstream, links, settings.exams_max_upload_bytes, settings.exams_max_files)
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
-        *exams.routes(upstream, authenticator, uploads),
+        *exams.routes(upstream, authenticator, uploads, links),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
         *docs.routes(),
     ]

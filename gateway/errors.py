@@ -151,12 +151,16 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
 
 
 _HTTP_CODES = {404: ("not_found", "no such resource"), 405: ("method_not_allowed", "method not allowed")}
+# Starlette's own 400s (a malformed multipart body, too many files or fields) keep their message.
+_CODE_BY_STATUS = {400: "bad_request", 413: "payload_too_large"}
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 (no route) and 405 (wrong method), in our JSON shape."""
     assert isinstance(exc, HTTPException)
-    code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
+    code, message = _HTTP_CODES.get(
+        exc.status_code, (_CODE_BY_STATUS.get(exc.status_code, "http_error"), str(exc.detail))
+    )
     details: dict[str, Any] = {"path": request.url.path}
     if exc.status_code == 405:
         details["method"] = request.method

@@ -23,6 +23,7 @@ from gateway.dicomjson import (
     ACCESSION_NUMBER,
     COLUMNS,
     PATIENT_ID,
+    RETRIEVE_URL,
     ROWS,
     SERIES_UID,
     SOP_INSTANCE_UID,
@@ -30,6 +31,7 @@ from gateway.dicomjson import (
     DicomJson,
 )
 from gateway.errors import BadRequest, NotFound, UpstreamFailed
+from gateway.links import ExamLinks
 from gateway.multipart import MultipartError, SinglePartReader, boundary_of
 from gateway.part10 import PatientIdProbe
 from gateway.profiles import DICOM_JSON, JPEG, MULTIPART_DICOM_AS_STORED
@@ -52,19 +54,24 @@ log = structlog.get_logger(__name__)
 FILE_TYPES = ("application/dicom", "image/jpeg")
 DEFAULT_THUMBNAIL = 256
 MAX_THUMBNAIL = 2048
+# Items of near-miss patients an upstream with loose matching may interleave with the patient's own.
+LOCAL_PAGING_SLACK = 100
 PRIVATE = {"Cache-Control": "private, no-store"}  # patient data: never kept by shared caches
 
 
 class Exams:
-    def __init__(self, upstream: UpstreamClient) -> None:
+    def __init__(self, upstream: UpstreamClient, links: ExamLinks) -> None:
         self._upstream = upstream
         self._profile = upstream.profile
+        self._links = links
 
     # --- search ---------------------------------------------------------------------------------------------------
 
     async def studies(self, request: Request, caller: Caller) -> Response:
         query = self._scoped_search(request, caller, Level.STUDY)
         found = await self._search("studies", query)
+        for ds in found:
+            self._link(ds, self._links.study(ds.string(STUDY_UID) or "", query.patient_id))
         return _json(found)
 
     async def series(self, request: Request, caller: Caller) -> Response:
@@ -73,6 +80,8 @@ class Exams:
         found = await self._search(f"studies/{study}/series", query)
         if not found and not await self._owns(query.patient_id, "studies", [("StudyInstanceUID", study)]):
             raise NotFound("no such study for this patient", {"study": study})
+        for ds in found:
+            self._link(ds, self._links.series(study, ds.string(SERIES_UID) or "", query.patient_id))
         return _json(found)
 
     async def instances(self, request: Request, caller: Caller) -> Response:
@@ -84,7 +93,14 @@ class Exams:
             query.patient_id, f"studies/{study}/series", [("SeriesInstanceUID", series)]
         ):
             raise NotFound("no such series for this patient", {"study": study, "series": series})
+        for ds in found:
+            self._link(ds, self._links.instance(study, series, ds.string(SOP_INSTANCE_UID) or "", query.patient_id))
         return _json(found)
+
+    def _link(self, dataset: DicomJson, url: str) -> None:
+        """The RetrieveURL names the gateway's path for the item, never the PACS's (PS3.18 §10.6.3.3.1)."""
+        if RETRIEVE_URL in dataset.raw:
+            dataset.set_string(RETRIEVE_URL, "UR", url)
 
     def _scoped_search(self, request: Request, caller: Caller, level: Level) -> SearchQuery:
         query = parse_search(request.query_params, level)
@@ -96,14 +112,21 @@ class Exams:
         params += [(name, self._profile.exact_value(value)) for name, value in query.filters]
         # PatientID in every answer, whatever the level, so that the exact filter below can see it.
         params += [("includefield", field) for field in (*query.includefields, PATIENT_ID)]
-        params += [("limit", str(query.limit)), ("offset", str(query.offset))]
+        # Where the upstream's matching is looser than exact equality, the exact filter below can drop items from
+        # a page, so the page is cut here instead, from one larger answer (a patient's exams are few).
+        local_paging = not self._profile.exact_matching
+        if local_paging:
+            params += [("limit", str(query.offset + query.limit + LOCAL_PAGING_SLACK))]
+        else:
+            params += [("limit", str(query.limit)), ("offset", str(query.offset))]
         found = await self._qido(path, params)
         accession = dict(query.filters).get("AccessionNumber")
-        return [
+        exact = [
             ds for ds in found
             if ds.string(PATIENT_ID) == query.patient_id
             and (accession is None or ds.string(ACCESSION_NUMBER) == accession)
         ]
+        return exact[query.offset : query.offset + query.limit] if local_paging else exact
 
     async def _owns(self, patient_id: str, path: str, params: list[tuple[str, str]]) -> bool:
         """Whether the resource named by a path/params exists for exactly this patient."""
@@ -272,8 +295,10 @@ def _json(datasets: list[DicomJson]) -> Response:
     return JSONResponse([ds.raw for ds in datasets], headers=PRIVATE)
 
 
-def routes(upstream: UpstreamClient, authenticator: Authenticator, uploads: ExamUploads) -> list[Route]:
-    exams = Exams(upstream)
+def routes(
+    upstream: UpstreamClient, authenticator: Authenticator, uploads: ExamUploads, links: ExamLinks
+) -> list[Route]:
+    exams = Exams(upstream, links)
 
     def route(path: str, handler: Handler, method: str) -> Route:
         return Route(path, guarded(authenticator, EXAMS_ROLES, handler), methods=[method])

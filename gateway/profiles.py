@@ -40,6 +40,10 @@ class UpstreamProfile:
     # decode). Such characters are sent as the one-character wildcard `?`; the exact filter on the answer then
     # removes anything the wildcard let through.
     wildcard_unsendable: bool = False
+    # Whether the upstream matches a PatientID exactly (PS3.4 §C.2.2.2.1: single value matching of LO is
+    # case-sensitive). Orthanc's QIDO is case-insensitive unless "QidoCaseSensitive" is set, and the `?` sent for
+    # unsendable characters widens too, so for it pages are cut by the gateway after its exact filter.
+    exact_matching: bool = True
     # A cheap DICOMweb request that proves the upstream answers (readiness).
     readiness_path: str = "studies?limit=1"
 
@@ -75,6 +79,7 @@ PROFILES: dict[PacsProfileName, UpstreamProfile] = {
         supports_ups=False,  # orthanc-dicomweb 1.7: /workitems answers 404 "Unknown resource"
         silently_accepts_duplicates=True,
         wildcard_unsendable=True,
+        exact_matching=False,
     ),
     PacsProfileName.AZURE: UpstreamProfile(
         name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True

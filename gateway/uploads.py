@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import httpx
 import structlog
@@ -37,6 +36,7 @@ from gateway.dicomjson import (
     DicomJson,
 )
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
+from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
 from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, read_header
 from gateway.profiles import DICOM_JSON
@@ -82,9 +82,9 @@ def _limited(receive: Receive, limit: int) -> Receive:
 
 
 class ExamUploads:
-    def __init__(self, upstream: UpstreamClient, public_base_url: str, max_bytes: int, max_files: int) -> None:
+    def __init__(self, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
         self._upstream = upstream
-        self._base = public_base_url.rstrip("/")
+        self._links = links
         self._max_bytes = max_bytes
         self._max_files = max_files
 
@@ -206,24 +206,16 @@ class ExamUploads:
             if header is None:
                 item.remove(RETRIEVE_URL)
             else:
-                item.set_string(RETRIEVE_URL, "UR", self.instance_url(header))
+                item.set_string(RETRIEVE_URL, "UR", self._links.instance(
+                    header.study_uid, header.series_uid, header.sop_instance_uid, header.patient_id))
         for item in dataset.items(FAILED_SOP_SEQUENCE):
             item.remove(RETRIEVE_URL)
         studies = {(h.study_uid, h.patient_id) for h in by_uid.values()}
         if len(studies) == 1:
             study_uid, patient_id = studies.pop()
-            dataset.set_string(RETRIEVE_URL, "UR", self.study_url(study_uid, patient_id))
+            dataset.set_string(RETRIEVE_URL, "UR", self._links.study(study_uid, patient_id))
         else:
             dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
-
-    def study_url(self, study_uid: str, patient_id: str) -> str:
-        return f"{self._base}/exams/studies/{study_uid}/series?PatientId={quote(patient_id, safe='')}"
-
-    def instance_url(self, h: InstanceHeader) -> str:
-        return (
-            f"{self._base}/exams/studies/{h.study_uid}/series/{h.series_uid}/instance/{h.sop_instance_uid}"
-            f"?PatientId={quote(h.patient_id, safe='')}&fileType=application%2Fdicom"
-        )
 
 
 def _stow_answer(response: httpx.Response, payload: bytes) -> DicomJson:

@@ -10,7 +10,17 @@ import httpx
 import pytest
 
 from tests.dicom_factory import Instance, generated, new_uid
-from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient, token, values
+from tests.exams_support import (
+    PUBLIC_BASE_URL,
+    Exams,
+    clinician,
+    error,
+    gateway,
+    new_patient_id,
+    patient,
+    token,
+    values,
+)
 from tests.recorder import RecordingProxy
 
 
@@ -255,3 +265,32 @@ async def test_search_needs_a_token_with_an_exams_role(exams: Exams, population:
     error(await exams.client.get("/exams/studies", params={"PatientId": population.alice}), 401)
     pacs = {"Authorization": f"Bearer {token('pacs')}"}
     error(await exams.studies(population.alice, headers=pacs), 403)
+
+
+async def test_search_answers_never_name_the_pacs_and_their_urls_work(
+    exams: Exams, population: Population, orthanc_url: str
+) -> None:
+    ct = population.alice_ct
+    answers = [
+        await exams.studies(population.alice),
+        await exams.series(ct.study_uid, population.alice),
+        await exams.instances(ct.study_uid, ct.series_uid, population.alice),
+    ]
+    pacs = httpx.URL(orthanc_url)
+    for answer in answers:
+        assert answer.status_code == 200
+        assert f"{pacs.host}:{pacs.port}" not in answer.text
+        for dataset in answer.json():
+            url = dataset["00081190"]["Value"][0]
+            assert url.startswith(f"{PUBLIC_BASE_URL}/exams/studies/")
+            followed = await exams.client.get(url.removeprefix(PUBLIC_BASE_URL), headers=clinician())
+            assert followed.status_code == 200, url
+
+
+async def test_pages_hold_only_the_patients_studies_even_when_the_upstream_matches_loosely(
+    exams: Exams, population: Population
+) -> None:
+    pages = [values((await exams.studies(population.alice, {"limit": "1", "offset": str(offset)})).json(),
+                    "0020000D") for offset in range(4)]
+    assert [len(page) for page in pages] == [1, 1, 0, 0]
+    assert sorted(pages[0] + pages[1]) == sorted([population.alice_ct.study_uid, population.alice_mr.study_uid])

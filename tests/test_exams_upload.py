@@ -213,3 +213,9 @@ async def test_stow_reaches_the_upstream_as_one_multipart_related_request(record
 async def test_uploaded_files_need_a_token(exams: Exams) -> None:
     response = await exams.client.post("/exams", files=[("file", ("a.dcm", b"x", "application/dicom"))])
     error(response, 401, "unauthorized")
+
+
+async def test_malformed_multipart_is_400_bad_request(exams: Exams) -> None:
+    headers = {**clinician(), "Content-Type": "multipart/form-data; boundary=xyz"}
+    body = error(await exams.client.post("/exams", content=b"--xyz\r\nnot a header line", headers=headers), 400)
+    assert body["code"] == "bad_request"
