@@ -41,3 +41,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+## bench: the gateway against direct Orthanc (QIDO, WADO, STOW, RSS); prints and writes bench/results.md (~5 min)
+bench: deps install
+	.venv/bin/python bench/run.py

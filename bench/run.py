@@ -1,0 +1,968 @@
+"""Gateway vs direct-to-Orthanc benchmark: `.venv/bin/python bench/run.py [--quick] [--keep]`.
+
+One run starts its own Orthanc (free ports, temporary directory) and its own `dicom-gateway serve` process
+(AUTH_MODE=jwt, a clinician HS256 token on every gateway request, LOG_LEVEL=warning), stores the data, then measures
+the same work sent straight to Orthanc's DICOMweb root and sent through the gateway's `/exams` API:
+
+1. QIDO studies-by-patient (wrk, random patient per request) at 1 and 4 clients: req/s, p50, p99.
+2. Retrieval of one 80 MiB multi-frame instance (curl to /dev/null): MiB/s.
+3. STOW of small instances, 1 and 10 per request, sequential: instances/s.
+4. The gateway's peak RSS while a ~1 GiB upload and a ~1 GiB download pass through it.
+
+The results are printed as a Markdown table and written to bench/results.md. The exit status is 0 when every
+measurement was made (whether or not the targets were met) and 1 when the bench itself broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # `tests` is not installed: import the fixtures from the checkout
+
+import httpx  # noqa: E402
+from joserfc import jwt  # noqa: E402
+from joserfc.jwk import OctKey  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from tests.dicom_factory import MULTIFRAME_GRAYSCALE_WORD, generated, new_uid  # noqa: E402
+from tests.orthanc import Orthanc, free_port  # noqa: E402
+from tests.processes import GatewayProcess  # noqa: E402
+
+RESULTS = REPO / "bench" / "results.md"
+MIB = 1024 * 1024
+ACCEPT_WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+QIDO_PATIENTS = 200
+QIDO_INSTANCES_PER_PATIENT = 5
+POPULATION_BATCH = 50
+POPULATION_IN_FLIGHT = 3
+STOW_N = 300
+RETRIEVAL_RUNS = 5
+BIG_FRAMES = 2048  # 2048 x 512 KiB = 1 GiB of pixel data
+RSS_INTERVAL_S = 0.05
+
+# Targets (gateway against direct).
+QIDO_RPS_RATIO_MIN = 0.70
+QIDO_P50_EXTRA_MS_MAX = 1.5
+RETRIEVAL_RATIO_MIN = 0.85
+STOW_RATIO_MIN = 0.80
+RSS_GROWTH_MAX_MIB = 64.0
+
+
+class BenchError(Exception):
+    """The bench could not measure something (not a missed target)."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- environment ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    orthanc: Orthanc
+    gateway: GatewayProcess
+    token: str
+    work: Path
+
+    @property
+    def direct(self) -> str:
+        return self.orthanc.url
+
+    @property
+    def gw(self) -> str:
+        return self.gateway.url
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def gateway_pid(self) -> int:
+        process = self.gateway._process
+        if process is None:
+            raise BenchError("the gateway process is not running")
+        return process.pid
+
+    @property
+    def orthanc_pid(self) -> int | None:
+        pid_file = self.orthanc.run_dir / "orthanc.pid"
+        with contextlib.suppress(OSError, ValueError):
+            return int(pid_file.read_text().strip())
+        return None
+
+
+def gateway_env(**settings: str) -> dict[str, str]:
+    """This process's environment without inherited gateway settings, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "EXAMS_"))}
+    env.update({k.upper(): v for k, v in settings.items()})
+    return env
+
+
+def clinician_token(secret: str) -> str:
+    claims = {"sub": "bench", "exp": int(time.time()) + 6 * 3600, "roles": ["clinician"]}
+    return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(secret))
+
+
+# --- DICOM data -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: Path
+    size: int
+
+
+def write_multiframe(path: Path, patient_id: str, frames: int, rows: int = 512, columns: int = 512) -> StoredInstance:
+    """A multi-frame 16-bit grayscale Part 10 file written to disk frame by frame (never whole in memory).
+
+    pydicom writes the header of a dataset without PixelData; the (7FE0,0010) OW element follows with an explicit
+    length (explicit VR little endian: tag, 'OW', two reserved bytes, 4-byte length) and the pixels in chunks.
+    """
+    sop_uid, study_uid, series_uid = new_uid(), new_uid(), new_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(MULTIFRAME_GRAYSCALE_WORD)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = generate_uid(prefix="1.2.826.0.1.3680043.8.498.")
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = "20240105"
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = "BENCHBIG"
+    ds.Modality = "OT"
+    ds.StudyDescription = "Bench multi-frame"
+    ds.PatientName = "Bench^Big"
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = frames
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    length = frames * rows * columns * 2
+    if length >= 0xFFFFFFFF:
+        raise BenchError("pixel data too long for an explicit-length OW element")
+    row = b"".join(((x * 4095 // max(columns - 1, 1)) & 0xFFFF).to_bytes(2, "little") for x in range(columns))
+    frame = row * rows
+    with path.open("wb") as out:
+        ds.save_as(out, enforce_file_format=True)
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        for _ in range(frames):
+            out.write(frame)
+    return StoredInstance(patient_id, study_uid, series_uid, sop_uid, path, path.stat().st_size)
+
+
+def related_body(files: Sequence[bytes], boundary: str) -> bytes:
+    parts = [
+        f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        + b"\r\n"
+        for data in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def form_body(files: Sequence[bytes], boundary: str) -> bytes:
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.dcm"\r\n'
+        f"Content-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def related_type(boundary: str) -> str:
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def stow_file_direct(client: httpx.Client, base: str, path: Path) -> None:
+    """STOW-RS of one file from disk to Orthanc, streamed."""
+    boundary = f"bench-{secrets.token_hex(8)}"
+    size = path.stat().st_size
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {size}\r\n\r\n".encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        with path.open("rb") as src:
+            while chunk := src.read(MIB):
+                yield chunk
+        yield tail
+
+    response = client.post(
+        f"{base}/dicom-web/studies", content=body(),
+        headers={"Content-Type": related_type(boundary), "Content-Length": str(len(head) + size + len(tail)),
+                 "Accept": "application/dicom+json"},
+        timeout=600,
+    )
+    if response.status_code != 200:
+        raise BenchError(f"direct STOW of {path.name} answered {response.status_code}: {response.text[:300]}")
+
+
+def populate(stack: Stack, patients: int) -> tuple[int, float]:
+    """`patients` x 1 study x 5 CT 512x512 16-bit, stored straight into Orthanc in batches."""
+    local = threading.local()
+
+    def client() -> httpx.Client:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=120, limits=httpx.Limits(keepalive_expiry=0.5))
+        existing: httpx.Client = local.client
+        return existing
+
+    def batch(first: int) -> int:
+        files: list[bytes] = []
+        for p in range(first, min(first + POPULATION_BATCH // QIDO_INSTANCES_PER_PATIENT, patients)):
+            study, series = new_uid(), new_uid()
+            for _ in range(QIDO_INSTANCES_PER_PATIENT):
+                files.append(generated(patient_id(p), study_uid=study, series_uid=series, rows=512, columns=512,
+                                       description="Bench study").data)
+        boundary = f"bench-{secrets.token_hex(8)}"
+        response = client().post(f"{stack.direct}/dicom-web/studies", content=related_body(files, boundary),
+                                 headers={"Content-Type": related_type(boundary),
+                                          "Accept": "application/dicom+json"})
+        if response.status_code != 200:
+            raise BenchError(f"population STOW answered {response.status_code}: {response.text[:300]}")
+        return len(files)
+
+    per_batch = POPULATION_BATCH // QIDO_INSTANCES_PER_PATIENT
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(POPULATION_IN_FLIGHT) as pool:
+        stored = sum(pool.map(batch, range(0, patients, per_batch)))
+    return stored, time.perf_counter() - started
+
+
+def patient_id(index: int) -> str:
+    return f"BENCH{index:04d}"
+
+
+# --- measurements ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkRun:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(output: str) -> WrkRun:
+    percentiles: dict[str, float] = {}
+    for match in re.finditer(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE):
+        percentiles[match.group(1)] = float(match.group(2)) * _WRK_UNITS[match.group(3)]
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s+(\d+) requests in", output, re.MULTILINE)
+    if rps is None or total is None or set(percentiles) != {"50", "99"}:
+        raise BenchError(f"cannot read wrk's output:\n{output}")
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if sockets:
+        errors += sum(int(g) for g in sockets.groups())
+    return WrkRun(float(rps.group(1)), percentiles["50"], percentiles["99"], int(total.group(1)), errors)
+
+
+def wrk_script(path: Path, prefix: str, headers: dict[str, str], patients: int) -> Path:
+    lines = [
+        "local counter = 0",
+        "function setup(thread)",
+        "  counter = counter + 1",
+        "  thread:set('id', counter)",
+        "end",
+        "function init(args)",
+        "  math.randomseed(os.time() * 1000 + id)",
+        "end",
+    ]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    lines += [
+        "request = function()",
+        f"  local path = {json.dumps(prefix)} .. string.format('BENCH%04d', math.random(0, {patients - 1}))",
+        "  return wrk.format('GET', path)",
+        "end",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_wrk(base: str, script: Path, clients: int, seconds: float) -> WrkRun:
+    threads = min(clients, 2)
+    command = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "--latency", "-s", str(script), base]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"wrk failed ({result.returncode}): {result.stderr}{result.stdout}")
+    return parse_wrk(result.stdout)
+
+
+@dataclass
+class QidoResult:
+    clients: int
+    direct: list[WrkRun] = field(default_factory=list)
+    gateway: list[WrkRun] = field(default_factory=list)
+
+
+def median_run(runs: list[WrkRun]) -> WrkRun:
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+
+def check_qido(stack: Stack, client: httpx.Client) -> None:
+    pid = patient_id(1)
+    direct = client.get(f"{stack.direct}/dicom-web/studies?PatientID={pid}")
+    via = client.get(f"{stack.gw}/exams/studies?PatientId={pid}", headers=stack.auth)
+    for name, response in (("direct", direct), ("gateway", via)):
+        if response.status_code != 200 or len(response.json()) != 1:
+            raise BenchError(f"{name} QIDO check: {response.status_code} {response.text[:300]}")
+
+
+def bench_qido(stack: Stack, runs: int, seconds: float, patients: int) -> list[QidoResult]:
+    direct_script = wrk_script(stack.work / "qido-direct.lua", "/dicom-web/studies?PatientID=", {}, patients)
+    gw_script = wrk_script(stack.work / "qido-gateway.lua", "/exams/studies?PatientId=", stack.auth, patients)
+    run_wrk(stack.direct, direct_script, 1, 1)  # warm-up
+    run_wrk(stack.gw, gw_script, 1, 1)
+    results = []
+    for clients in (1, 4):
+        result = QidoResult(clients)
+        for i in range(runs):
+            result.direct.append(run_wrk(stack.direct, direct_script, clients, seconds))
+            result.gateway.append(run_wrk(stack.gw, gw_script, clients, seconds))
+            d, g = result.direct[-1], result.gateway[-1]
+            log(f"  QIDO c={clients} run {i + 1}: direct {d.rps:.0f} req/s p50 {d.p50_ms:.2f} ms, "
+                f"gateway {g.rps:.0f} req/s p50 {g.p50_ms:.2f} ms (errors {d.errors}/{g.errors})")
+        results.append(result)
+    return results
+
+
+@dataclass
+class CurlResult:
+    status: int
+    size_download: int
+    size_upload: int
+    time_total: float
+    time_starttransfer: float
+
+
+def run_curl(args: list[str], timeout: float = 900) -> CurlResult:
+    fmt = "%{http_code} %{size_download} %{size_upload} %{time_total} %{time_starttransfer}"
+    result = subprocess.run(["curl", "-sS", "-w", fmt, *args], capture_output=True, text=True, timeout=timeout,
+                            check=False)
+    if result.returncode != 0:
+        raise BenchError(f"curl {' '.join(args[-1:])} failed ({result.returncode}): {result.stderr}")
+    status, down, up, total, start = result.stdout.split()[-5:]
+    return CurlResult(int(status), int(float(down)), int(float(up)), float(total), float(start))
+
+
+def direct_wado(stack: Stack, item: StoredInstance, out: str = "/dev/null") -> CurlResult:
+    url = (f"{stack.direct}/dicom-web/studies/{item.study_uid}/series/{item.series_uid}"
+           f"/instances/{item.sop_uid}")
+    return run_curl(["-o", out, "-H", f"Accept: {ACCEPT_WADO}", url])
+
+
+def gateway_download(stack: Stack, item: StoredInstance, out: str = "/dev/null") -> CurlResult:
+    url = (f"{stack.gw}/exams/studies/{item.study_uid}/series/{item.series_uid}/instance/{item.sop_uid}"
+           f"?PatientId={item.patient_id}&fileType=application/dicom")
+    return run_curl(["-o", out, "-H", f"Authorization: Bearer {stack.token}", url])
+
+
+@dataclass
+class RetrievalResult:
+    size: int
+    direct: list[CurlResult]
+    gateway: list[CurlResult]
+
+
+def mib_s(size: int, runs: list[CurlResult]) -> list[float]:
+    return sorted(size / r.time_total / MIB for r in runs)
+
+
+def bench_retrieval(stack: Stack, client: httpx.Client, runs: int) -> RetrievalResult:
+    path = stack.work / "multiframe-80mib.dcm"
+    item = write_multiframe(path, "BENCHWADO", frames=160)
+    stow_file_direct(client, stack.direct, path)
+    log(f"  stored one {item.size / MIB:.1f} MiB instance (160 frames)")
+    path.unlink()
+    # Warm-up, and the check that both sides hand back the whole file.
+    d, g = direct_wado(stack, item), gateway_download(stack, item)
+    if d.status != 200 or g.status != 200 or g.size_download != item.size or d.size_download < item.size:
+        raise BenchError(f"retrieval check: direct {d.status} {d.size_download} B, gateway {g.status} "
+                         f"{g.size_download} B, file {item.size} B")
+    result = RetrievalResult(item.size, [], [])
+    for i in range(runs):
+        d, g = direct_wado(stack, item), gateway_download(stack, item)
+        for r in (d, g):
+            if r.status != 200:
+                raise BenchError(f"retrieval answered {r.status}")
+        result.direct.append(d)
+        result.gateway.append(g)
+        log(f"  retrieval run {i + 1}: direct {item.size / d.time_total / MIB:.0f} MiB/s "
+            f"(TTFB {d.time_starttransfer * 1000:.0f} ms), gateway {item.size / g.time_total / MIB:.0f} MiB/s "
+            f"(TTFB {g.time_starttransfer * 1000:.0f} ms)")
+    return result
+
+
+@dataclass
+class StowResult:
+    per_request: int
+    direct: list[float] = field(default_factory=list)  # instances/s per run
+    gateway: list[float] = field(default_factory=list)
+
+
+def stow_bodies(tag: str, n: int, per_request: int, gateway: bool) -> list[tuple[bytes, str, int]]:
+    """(body, content type, instances) for `n` fresh 64x64 16-bit instances, `per_request` per body."""
+    bodies = []
+    for first in range(0, n, per_request):
+        count = min(per_request, n - first)
+        study, series = new_uid(), new_uid()
+        files = [generated(f"STOW{tag}", study_uid=study, series_uid=series, rows=64, columns=64).data
+                 for _ in range(count)]
+        boundary = f"bench-{secrets.token_hex(8)}"
+        if gateway:
+            bodies.append((form_body(files, boundary), f"multipart/form-data; boundary={boundary}", count))
+        else:
+            bodies.append((related_body(files, boundary), related_type(boundary), count))
+    return bodies
+
+
+def referenced_count(payload: object) -> int:
+    dataset = payload[0] if isinstance(payload, list) and payload else payload
+    if not isinstance(dataset, dict):
+        return -1
+    sequence = dataset.get("00081199", {}).get("Value", [])
+    return len(sequence) if isinstance(sequence, list) else -1
+
+
+def send_stow(client: httpx.Client, url: str, headers: dict[str, str],
+              bodies: list[tuple[bytes, str, int]]) -> float:
+    """Send the bodies one after the other; instances/s. Answers are checked after the clock stops."""
+    answers: list[httpx.Response] = []
+    started = time.perf_counter()
+    for body, content_type, _ in bodies:
+        answers.append(client.post(url, content=body, headers={**headers, "Content-Type": content_type}))
+    elapsed = time.perf_counter() - started
+    for (_, _, count), answer in zip(bodies, answers, strict=True):
+        if answer.status_code != 200 or referenced_count(answer.json()) != count:
+            raise BenchError(f"STOW to {url} answered {answer.status_code}: {answer.text[:300]}")
+    return sum(count for _, _, count in bodies) / elapsed
+
+
+def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[StowResult]:
+    direct_url = f"{stack.direct}/dicom-web/studies"
+    gw_url = f"{stack.gw}/exams"
+    direct_headers = {"Accept": "application/dicom+json"}
+    # Warm-up: connections open, code paths hot.
+    send_stow(client, direct_url, direct_headers, stow_bodies("WARMD", 20, 10, gateway=False))
+    send_stow(client, gw_url, stack.auth, stow_bodies("WARMG", 20, 10, gateway=True))
+    results = [StowResult(1), StowResult(10)]
+    for i in range(runs):
+        for result in results:
+            tag = f"{result.per_request}R{i}"
+            direct_bodies = stow_bodies(f"D{tag}", n, result.per_request, gateway=False)
+            gw_bodies = stow_bodies(f"G{tag}", n, result.per_request, gateway=True)
+            result.direct.append(send_stow(client, direct_url, direct_headers, direct_bodies))
+            result.gateway.append(send_stow(client, gw_url, stack.auth, gw_bodies))
+            log(f"  STOW {result.per_request}/request run {i + 1}: direct {result.direct[-1]:.0f} inst/s, "
+                f"gateway {result.gateway[-1]:.0f} inst/s")
+    return results
+
+
+# --- memory -----------------------------------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+class RssSampler:
+    """Samples VmRSS every RSS_INTERVAL_S in a thread; `peak_kib` is the largest seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError, KeyError):
+                self.peak_kib = max(self.peak_kib, proc_status(self.pid)["VmRSS"])
+                self.samples += 1
+            if self._stop.wait(RSS_INTERVAL_S):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Transfer:
+    name: str
+    status: int
+    seconds: float
+    bytes_moved: int
+    baseline_mib: float
+    peak_mib: float
+    hwm_before_mib: float
+    hwm_after_mib: float
+    samples: int
+    orthanc_hwm_mib: float | None
+
+    @property
+    def growth_mib(self) -> float:
+        return self.peak_mib - self.baseline_mib
+
+
+def measured_transfer(stack: Stack, name: str, action: Callable[[], CurlResult], moved: Callable[[CurlResult], int],
+                      ) -> tuple[Transfer, CurlResult]:
+    pid = stack.gateway_pid
+    time.sleep(1.0)  # idle: let the previous exchange settle
+    baseline = statistics.median(proc_status(pid)["VmRSS"] for _ in range(5))
+    hwm_before = proc_status(pid)["VmHWM"]
+    with RssSampler(pid) as sampler:
+        result = action()
+    hwm_after = proc_status(pid)["VmHWM"]
+    # VmHWM is the kernel's exact peak: when it rose during the transfer, the peak of the transfer is VmHWM.
+    peak = max(sampler.peak_kib, hwm_after if hwm_after > hwm_before else 0)
+    orthanc_pid = stack.orthanc_pid
+    orthanc_hwm = None
+    if orthanc_pid is not None:
+        with contextlib.suppress(OSError, KeyError):
+            orthanc_hwm = proc_status(orthanc_pid)["VmHWM"] / 1024
+    transfer = Transfer(name, result.status, result.time_total, moved(result), baseline / 1024, peak / 1024,
+                        hwm_before / 1024, hwm_after / 1024, sampler.samples, orthanc_hwm)
+    return transfer, result
+
+
+@dataclass
+class MemoryResult:
+    file_size: int
+    transfers: list[Transfer]
+    download_size: int | None
+    notes: list[str]
+    context: list[tuple[str, float]] = field(default_factory=list)  # the same transfers straight to Orthanc: seconds
+
+
+def bench_memory(stack: Stack) -> MemoryResult:
+    path = stack.work / "big-1gib.dcm"
+    started = time.perf_counter()
+    item = write_multiframe(path, "BENCHBIG", frames=BIG_FRAMES)
+    log(f"  wrote a {item.size / MIB:.0f} MiB file in {time.perf_counter() - started:.1f} s")
+    notes: list[str] = []
+    transfers: list[Transfer] = []
+    download_size = None
+    try:
+        answer = stack.work / "upload-answer.json"
+        upload, up = measured_transfer(
+            stack, "upload ~1 GiB (POST /exams)",
+            lambda: run_curl(["-o", str(answer), "-H", f"Authorization: Bearer {stack.token}", "-H", "Expect:",
+                              "-F", f"file=@{path};type=application/dicom", f"{stack.gw}/exams"]),
+            lambda r: r.size_upload,
+        )
+        transfers.append(upload)
+        log(f"  upload: {up.status} in {up.time_total:.1f} s, gateway RSS {upload.baseline_mib:.0f} → "
+            f"{upload.peak_mib:.0f} MiB")
+        if up.status != 200:
+            notes.append(f"upload answered {up.status}: {answer.read_text(errors='replace')[:300]}")
+            return MemoryResult(item.size, transfers, None, notes)
+    finally:
+        path.unlink(missing_ok=True)
+    download, down = measured_transfer(stack, "download ~1 GiB (GET /exams/.../instance)",
+                                       lambda: gateway_download(stack, item), lambda r: r.size_download)
+    transfers.append(download)
+    download_size = down.size_download
+    log(f"  download: {down.status}, {down.size_download} B in {down.time_total:.1f} s, gateway RSS "
+        f"{download.baseline_mib:.0f} → {download.peak_mib:.0f} MiB")
+    if down.status != 200:
+        notes.append(f"download answered {down.status}")
+    result = MemoryResult(item.size, transfers, download_size, notes)
+    # For scale: the same transfers straight to Orthanc (another file of the same size for the STOW).
+    other = write_multiframe(path, "BENCHBIG2", frames=BIG_FRAMES)
+    try:
+        started = time.perf_counter()
+        with httpx.Client(timeout=900) as client:
+            stow_file_direct(client, stack.direct, path)
+        result.context.append(("STOW-RS of a same-size file straight to Orthanc", time.perf_counter() - started))
+    finally:
+        path.unlink(missing_ok=True)
+    direct = direct_wado(stack, other)
+    if direct.status != 200:
+        raise BenchError(f"direct WADO-RS of the 1 GiB file answered {direct.status}")
+    result.context.append(("WADO-RS of it straight from Orthanc (multipart, to /dev/null)", direct.time_total))
+    log("  " + "; ".join(f"{name}: {seconds:.1f} s" for name, seconds in result.context))
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def spread(values: Sequence[float], digits: int = 0) -> str:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return f"{ordered[0]:.{digits}f}"
+    return f"{ordered[0]:.{digits}f} / **{statistics.median(ordered):.{digits}f}** / {ordered[-1]:.{digits}f}"
+
+
+@dataclass
+class Report:
+    quick: bool
+    machine: dict[str, str]
+    versions: dict[str, str]
+    setup: list[str] = field(default_factory=list)
+    qido: list[QidoResult] | None = None
+    retrieval: RetrievalResult | None = None
+    stow: list[StowResult] | None = None
+    memory: MemoryResult | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        out = [f"# dicom-gateway benchmark{' (--quick)' if self.quick else ''}", ""]
+        out += [f"- {k}: {v}" for k, v in self.machine.items()]
+        out += ["- versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items())]
+        out += [f"- {line}" for line in self.setup]
+        out += ["", "| benchmark | metric | direct (Orthanc) | gateway | gateway / direct | target | result |",
+                "|---|---|---|---|---|---|---|"]
+        out += self._qido_rows() + self._retrieval_rows() + self._stow_rows()
+        out += self._memory_section()
+        if self.errors:
+            out += ["", "## Errors (the bench could not measure these)", ""]
+            out += [f"- {e}" for e in self.errors]
+        out += self._details()
+        return "\n".join(out) + "\n"
+
+    def _qido_rows(self) -> list[str]:
+        rows: list[str] = []
+        for result in self.qido or []:
+            d, g = median_run(result.direct), median_run(result.gateway)
+            name = f"QIDO studies?PatientID, {result.clients} client{'s' if result.clients > 1 else ''}"
+            rps_ratio = g.rps / d.rps
+            rps_target, rps_result = "", ""
+            if result.clients == 4:
+                rps_target = f"≥ {QIDO_RPS_RATIO_MIN:.0%}"
+                rps_result = verdict(rps_ratio >= QIDO_RPS_RATIO_MIN)
+            rows.append(f"| {name} | req/s (min / **median** / max) | {spread([r.rps for r in result.direct])} | "
+                        f"{spread([r.rps for r in result.gateway])} | {rps_ratio:.0%} | {rps_target} | "
+                        f"{rps_result} |")
+            p50_target, p50_result = "", ""
+            if result.clients == 1:
+                p50_target = f"≤ direct + {QIDO_P50_EXTRA_MS_MAX} ms"
+                p50_result = verdict(g.p50_ms <= d.p50_ms + QIDO_P50_EXTRA_MS_MAX)
+            rows.append(f"| {name} | p50 ms (median run) | {d.p50_ms:.2f} | {g.p50_ms:.2f} | "
+                        f"{g.p50_ms / d.p50_ms:.2f}x (+{g.p50_ms - d.p50_ms:.2f} ms) | {p50_target} | {p50_result} |")
+            rows.append(f"| {name} | p99 ms (median run) | {d.p99_ms:.2f} | {g.p99_ms:.2f} | "
+                        f"{g.p99_ms / d.p99_ms:.2f}x (+{g.p99_ms - d.p99_ms:.2f} ms) | | |")
+            d_err, g_err = sum(r.errors for r in result.direct), sum(r.errors for r in result.gateway)
+            if d_err or g_err:
+                rows.append(f"| {name} | errors (non-2xx + socket) | {d_err} | {g_err} | | 0 | "
+                            f"{verdict(g_err == 0)} |")
+        return rows
+
+    def _retrieval_rows(self) -> list[str]:
+        r = self.retrieval
+        if r is None:
+            return []
+        d, g = mib_s(r.size, r.direct), mib_s(r.size, r.gateway)
+        ratio = statistics.median(g) / statistics.median(d)
+        d_ttfb = statistics.median(x.time_starttransfer for x in r.direct) * 1000
+        g_ttfb = statistics.median(x.time_starttransfer for x in r.gateway) * 1000
+        d_total = statistics.median(x.time_total for x in r.direct) * 1000
+        g_total = statistics.median(x.time_total for x in r.gateway) * 1000
+        name = f"Retrieve one {r.size / MIB:.0f} MiB instance (160 frames)"
+        return [
+            f"| {name} | MiB/s (min / **median** / max) | {spread(d)} | {spread(g)} | {ratio:.0%} | "
+            f"≥ {RETRIEVAL_RATIO_MIN:.0%} | {verdict(ratio >= RETRIEVAL_RATIO_MIN)} |",
+            f"| {name} | total / time to first byte, ms (median) | {d_total:.0f} / {d_ttfb:.0f} | "
+            f"{g_total:.0f} / {g_ttfb:.0f} | +{g_total - d_total:.0f} ms | | |",
+        ]
+
+    def _stow_rows(self) -> list[str]:
+        rows = []
+        for result in self.stow or []:
+            ratio = statistics.median(result.gateway) / statistics.median(result.direct)
+            rows.append(f"| STOW 64x64 16-bit, {result.per_request}/request, sequential | instances/s "
+                        f"(min / **median** / max) | {spread(result.direct)} | {spread(result.gateway)} | "
+                        f"{ratio:.0%} | ≥ {STOW_RATIO_MIN:.0%} | {verdict(ratio >= STOW_RATIO_MIN)} |")
+        return rows
+
+    def _memory_section(self) -> list[str]:
+        m = self.memory
+        if m is None:
+            return []
+        out = ["", f"Gateway memory while a {m.file_size / MIB:.0f} MiB single-instance file passes through it "
+               f"(VmRSS sampled every {RSS_INTERVAL_S * 1000:.0f} ms from /proc, plus VmHWM):", "",
+               "| transfer | status | time s | MiB/s | gateway RSS before MiB | peak MiB | growth MiB | target "
+               "| result | Orthanc VmHWM MiB |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for t in m.transfers:
+            ok = t.status == 200 and t.growth_mib <= RSS_GROWTH_MAX_MIB
+            orthanc = f"{t.orthanc_hwm_mib:.0f}" if t.orthanc_hwm_mib is not None else "?"
+            rate = t.bytes_moved / t.seconds / MIB if t.seconds else 0.0
+            out.append(f"| {t.name} | {t.status} | {t.seconds:.1f} | {rate:.0f} | {t.baseline_mib:.1f} | "
+                       f"{t.peak_mib:.1f} | {t.growth_mib:.1f} | ≤ {RSS_GROWTH_MAX_MIB:.0f} | {verdict(ok)} | "
+                       f"{orthanc} |")
+        if m.download_size is not None:
+            same = m.download_size == m.file_size
+            out.append(f"| downloaded size = uploaded size | | | | | | {m.download_size} vs {m.file_size} B | equal "
+                       f"| {verdict(same)} | |")
+        for name, seconds in m.context:
+            out.append(f"| for scale: {name} | 200 | {seconds:.1f} | {m.file_size / seconds / MIB:.0f} | | | | | | |")
+        out += [f"\n{note}" for note in m.notes]
+        return out
+
+    def _details(self) -> list[str]:
+        out = ["", "<details><summary>All runs</summary>", ""]
+        for result in self.qido or []:
+            for side, runs in (("direct", result.direct), ("gateway", result.gateway)):
+                listed = "; ".join(f"{r.rps:.0f} req/s p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} ms "
+                                   f"({r.requests} req, {r.errors} err)" for r in runs)
+                out.append(f"- QIDO c={result.clients} {side}: {listed}")
+        if self.retrieval is not None:
+            for side, curls in (("direct", self.retrieval.direct), ("gateway", self.retrieval.gateway)):
+                listed = "; ".join(f"{c.time_total * 1000:.0f} ms (TTFB {c.time_starttransfer * 1000:.0f})"
+                                   for c in curls)
+                out.append(f"- retrieval {side}: {listed}")
+        for stow in self.stow or []:
+            out.append(f"- STOW {stow.per_request}/request direct: {', '.join(f'{v:.0f}' for v in stow.direct)}; "
+                       f"gateway: {', '.join(f'{v:.0f}' for v in stow.gateway)} inst/s")
+        if self.memory is not None:
+            for t in self.memory.transfers:
+                out.append(f"- {t.name}: VmHWM {t.hwm_before_mib:.1f} → {t.hwm_after_mib:.1f} MiB, "
+                           f"{t.samples} samples")
+        out += ["", "</details>"]
+        return out
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = "?"
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"nproc {len(os.sched_getaffinity(0))}, {model}, RAM {memory}, "
+                   f"{platform.system()} {platform.release()}",
+    }
+
+
+def tool_version(command: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        lines = (result.stdout or result.stderr).strip().splitlines()
+        if lines:
+            return lines[0]
+    return "?"
+
+
+def versions(stack: Stack | None) -> dict[str, str]:
+    found: dict[str, str] = {"python": platform.python_version()}
+    for package in ("dicom-gateway", "starlette", "uvicorn", "httpx", "pydicom", "python-multipart", "uvloop",
+                    "httptools"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[package] = importlib.metadata.version(package)
+    revision = tool_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    found["git"] = revision + (" (gateway/ modified)" if dirty else "")
+    if stack is not None:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            found["Orthanc"] = str(httpx.get(f"{stack.direct}/system", timeout=5).json()["Version"])
+            found["orthanc-dicomweb"] = str(httpx.get(f"{stack.direct}/plugins/dicom-web", timeout=5).json()["Version"])
+    wrk = tool_version(["wrk", "--version"])
+    found["wrk"] = wrk.split(" [")[0].removeprefix("wrk ")
+    found["curl"] = tool_version(["curl", "--version"]).split()[1] if shutil.which("curl") else "?"
+    return found
+
+
+# --- main -------------------------------------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    if shutil.which("curl") is None:
+        raise BenchError("curl is missing: apt-get install -y curl")
+    if shutil.which("wrk") is None:
+        log("wrk is missing; installing the Debian package (apt-get install -y wrk)")
+        apt = ["apt-get", "install", "-y", "wrk"] if os.geteuid() == 0 else ["sudo", "-n", "apt-get", "install",
+                                                                              "-y", "wrk"]
+        result = subprocess.run(apt, capture_output=True, text=True, check=False,
+                                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if result.returncode != 0 or shutil.which("wrk") is None:
+            raise BenchError(f"wrk is missing and could not be installed; run: sudo apt-get install -y wrk\n"
+                             f"{result.stderr[-500:]}")
+
+
+def start_gateway(orthanc: Orthanc, work: Path) -> tuple[GatewayProcess, str]:
+    secret = secrets.token_hex(32)
+    port = free_port()
+    env = gateway_env(
+        pacs_service_url=orthanc.dicomweb_url, pacs_profile="orthanc", log_level="warning",
+        public_base_url=f"http://127.0.0.1:{port}", auth_mode="jwt", auth_jwt_secret=secret,
+        tmpdir=str(work),  # the gateway spools uploads here, and this directory is removed at the end
+    )
+    gateway = GatewayProcess(env, work / "gateway.log", port)
+    log(f"starting the gateway on {port}")
+    gateway.start()
+    return gateway, clinician_token(secret)
+
+
+def section(report: Report, name: str, run: Callable[[], None]) -> None:
+    log(name)
+    try:
+        run()
+    except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError) as exc:
+        report.errors.append(f"{name}: {exc}")
+        log(f"ERROR in {name}: {exc}")
+        traceback.print_exc()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="1 run of 3 s per QIDO setting, 1 run per other test")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (Orthanc data, logs)")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the 1 GiB transfers")
+    args = parser.parse_args(argv)
+    runs, seconds = (1, 3.0) if args.quick else (3, 10.0)
+    wall = time.perf_counter()
+    try:
+        ensure_tools()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="dicom-gateway-bench-"))
+    orthanc = Orthanc(work / "orthanc")
+    gateway: GatewayProcess | None = None
+    report = Report(args.quick, machine_info(), {})
+    try:
+        log(f"starting Orthanc on {orthanc.http_port}")
+        orthanc.start()
+        gateway, token = start_gateway(orthanc, work)
+        stack = Stack(orthanc, gateway, token, work)
+        report.versions = versions(stack)
+        client = httpx.Client(timeout=120, limits=httpx.Limits(keepalive_expiry=0.5))
+        with client:
+
+            def setup() -> None:
+                stored, took = populate(stack, QIDO_PATIENTS)
+                report.setup.append(f"population: {stored} CT 512x512 16-bit instances ({QIDO_PATIENTS} patients x "
+                                    f"1 study x {QIDO_INSTANCES_PER_PATIENT}) stored directly in {took:.1f} s "
+                                    f"({stored / took:.0f} inst/s, batches of {POPULATION_BATCH}, "
+                                    f"{POPULATION_IN_FLIGHT} in flight)")
+                log(f"  {report.setup[-1]}")
+                check_qido(stack, client)
+
+            def qido() -> None:
+                report.qido = bench_qido(stack, runs, seconds, QIDO_PATIENTS)
+
+            def retrieval() -> None:
+                report.retrieval = bench_retrieval(stack, client, RETRIEVAL_RUNS)
+
+            def stow() -> None:
+                report.stow = bench_stow(stack, client, runs, STOW_N)
+
+            def memory() -> None:
+                report.memory = bench_memory(stack)
+
+            section(report, "population", setup)
+            if not report.errors:
+                section(report, f"QIDO ({runs} x {seconds:g} s per side and client count)", qido)
+            section(report, "retrieval of an 80 MiB instance", retrieval)
+            section(report, f"STOW ({runs} runs x {STOW_N} instances per shape and side)", stow)
+            if not args.skip_memory:
+                section(report, "gateway RSS during 1 GiB transfers", memory)
+        report.setup.append(
+            f"gateway: one `dicom-gateway serve` process (uvicorn, 1 worker), AUTH_MODE=jwt (HS256 clinician token "
+            f"on every request), LOG_LEVEL=warning, PACS_PROFILE=orthanc; Orthanc: deploy/dev/orthanc.sh config; "
+            f"everything on loopback, clients and servers sharing the cores; whole bench took "
+            f"{time.perf_counter() - wall:.0f} s")
+    except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
+        report.errors.append(f"setup: {exc}")
+        traceback.print_exc()
+    finally:
+        if gateway is not None:
+            log("stopping the gateway")
+            gateway.stop()
+        log("stopping Orthanc")
+        try:
+            orthanc.stop()
+        except (subprocess.SubprocessError, OSError) as exc:
+            report.errors.append(f"stopping Orthanc: {exc}")
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    text = report.markdown()
+    print()
+    print(text)
+    RESULTS.write_text(text)
+    log(f"wrote {RESULTS.relative_to(REPO)}")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
