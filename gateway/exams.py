@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 
-import httpx
 import structlog
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -47,7 +46,7 @@ from gateway.qido import (
 )
 from gateway.scope import EXAMS_ROLES, require_patient_access
 from gateway.uploads import ExamUploads
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, UpstreamStream
 
 log = structlog.get_logger(__name__)
 
@@ -185,8 +184,7 @@ class Exams:
         )
         try:
             _expect_found(response, path)
-            reader = SinglePartReader(self._upstream.iter_raw(response, "wado_instance"),
-                                      boundary_of(response.headers.get("content-type", "")))
+            reader = SinglePartReader(response.iter_raw(), boundary_of(response.headers.get("content-type", "")))
             await reader.open()
             body = reader.body()
             prefix = await _read_until_patient_known(body, patient_id)
@@ -223,12 +221,12 @@ class Exams:
         if "content-length" in response.headers:
             headers["Content-Length"] = response.headers["content-length"]
         return StreamingResponse(
-            _relay([], self._upstream.iter_raw(response, "wado_rendered"), response), media_type=JPEG,
+            _relay([], response.iter_raw(), response), media_type=JPEG,
             headers=headers,
         )
 
 
-def _expect_found(response: httpx.Response, path: str, media_type: str | None = None) -> None:
+def _expect_found(response: UpstreamStream, path: str, media_type: str | None = None) -> None:
     if response.status_code == 404:
         raise NotFound("no such instance for this patient")
     if response.status_code != 200:
@@ -258,7 +256,7 @@ async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str)
     return prefix
 
 
-async def _relay(prefix: list[bytes], rest: AsyncIterator[bytes], response: httpx.Response) -> AsyncIterator[bytes]:
+async def _relay(prefix: list[bytes], rest: AsyncIterator[bytes], response: UpstreamStream) -> AsyncIterator[bytes]:
     """Send what was read ahead, then the rest as it arrives; the upstream answer is closed whatever happens."""
     try:
         for chunk in prefix:

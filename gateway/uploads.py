@@ -16,7 +16,6 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -41,7 +40,7 @@ from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, rel
 from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, read_header
 from gateway.profiles import DICOM_JSON
 from gateway.scope import require_patient_access
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, UpstreamStream
 
 log = structlog.get_logger(__name__)
 
@@ -193,7 +192,7 @@ class ExamUploads:
             },
         )
         try:
-            payload = await self._upstream.read_body(response, "stow")
+            payload = await response.read()
         finally:
             await response.aclose()
         return _stow_answer(response, payload)
@@ -218,7 +217,7 @@ class ExamUploads:
             dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
 
 
-def _stow_answer(response: httpx.Response, payload: bytes) -> DicomJson:
+def _stow_answer(response: UpstreamStream, payload: bytes) -> DicomJson:
     """The STOW-RS response dataset; an upstream refusal of instances the gateway found valid becomes 409 or 422."""
     try:
         decoded = json.loads(payload)  # Orthanc sends it with no Content-Type (orthanc.md pitfall 5)

@@ -1,13 +1,15 @@
 """How the gateway authenticates itself to the PACS: a static bearer token, HTTP Basic, or OAuth2 client credentials.
 
-Each is an `httpx.Auth`, so the upstream client stays one pooled `httpx.AsyncClient` whatever the method.
+Each gives the Authorization header for the next upstream request; the upstream client asks before every request
+and reports a 401, so a renewable credential (OAuth2) heals without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
-from collections.abc import AsyncGenerator, Generator
+from typing import Protocol
 from urllib.parse import quote_plus
 
 import httpx
@@ -20,18 +22,34 @@ from gateway.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-class BearerToken(httpx.Auth):
-    """A static token (`PACS_AUTHORIZATION_TOKEN`), e.g. one minted by the platform for the gateway."""
+class UpstreamAuth(Protocol):
+    """The gateway's credentials for the PACS, as an Authorization header value."""
 
-    def __init__(self, token: str) -> None:
-        self._header = f"Bearer {token}"
+    async def authorization(self) -> str: ...
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = self._header
-        yield request
+    def rejected(self, authorization: str) -> None:
+        """The PACS answered 401 to `authorization`: drop it if it can be renewed."""
+
+    async def aclose(self) -> None: ...
 
 
-class OAuth2ClientCredentials(httpx.Auth):
+class StaticAuthorization:
+    """A fixed header: a static bearer token (`PACS_AUTHORIZATION_TOKEN`) or HTTP Basic credentials."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    async def authorization(self) -> str:
+        return self._value
+
+    def rejected(self, authorization: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OAuth2ClientCredentials:
     """OAuth2 client credentials grant (RFC 6749 §4.4), the token cached and renewed before it expires.
 
     The request body is built by authlib (`prepare_token_request`); the client authenticates with HTTP Basic
@@ -42,13 +60,13 @@ class OAuth2ClientCredentials(httpx.Auth):
     """
 
     def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str | None,
-                 timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 timeout: httpx.Timeout) -> None:
         self._token_url = token_url
         self._scope = scope
         # RFC 6749 §2.3.1: client id and secret are form-encoded before Basic encoding.
         self._client = httpx.AsyncClient(
             auth=httpx.BasicAuth(quote_plus(client_id), quote_plus(client_secret)),
-            timeout=timeout, transport=transport,
+            timeout=timeout,
         )
         self._lock = asyncio.Lock()
         self._access_token: str | None = None
@@ -58,15 +76,11 @@ class OAuth2ClientCredentials(httpx.Auth):
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        token = await self._token()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            self._forget(token)
+    async def authorization(self) -> str:
+        return f"Bearer {await self._token()}"
 
-    def _forget(self, token: str) -> None:
-        if self._access_token == token:
+    def rejected(self, authorization: str) -> None:
+        if authorization == f"Bearer {self._access_token}":
             self._access_token = None
 
     async def _token(self) -> str:
@@ -111,13 +125,14 @@ class OAuth2ClientCredentials(httpx.Auth):
         return token
 
 
-def upstream_auth(settings: Settings, timeout: httpx.Timeout,
-                  token_transport: httpx.AsyncBaseTransport | None = None) -> httpx.Auth | None:
+def upstream_auth(settings: Settings) -> UpstreamAuth | None:
     """The auth the settings ask for (they allow at most one method)."""
     if settings.pacs_authorization_token is not None:
-        return BearerToken(settings.pacs_authorization_token.get_secret_value())
+        return StaticAuthorization(f"Bearer {settings.pacs_authorization_token.get_secret_value()}")
     if settings.pacs_username is not None and settings.pacs_password is not None:
-        return httpx.BasicAuth(settings.pacs_username, settings.pacs_password.get_secret_value())
+        # RFC 7617: user-id ":" password, UTF-8, base64.
+        pair = f"{settings.pacs_username}:{settings.pacs_password.get_secret_value()}".encode()
+        return StaticAuthorization(f"Basic {base64.b64encode(pair).decode('ascii')}")
     if (
         settings.pacs_oauth_token_url is not None
         and settings.pacs_oauth_client_id is not None
@@ -125,7 +140,7 @@ def upstream_auth(settings: Settings, timeout: httpx.Timeout,
     ):
         return OAuth2ClientCredentials(
             str(settings.pacs_oauth_token_url), settings.pacs_oauth_client_id,
-            settings.pacs_oauth_client_secret.get_secret_value(), settings.pacs_oauth_scope, timeout,
-            transport=token_transport,
+            settings.pacs_oauth_client_secret.get_secret_value(), settings.pacs_oauth_scope,
+            httpx.Timeout(settings.pacs_connect_timeout_s, read=settings.pacs_read_timeout_s),
         )
     return None

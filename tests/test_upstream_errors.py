@@ -89,7 +89,7 @@ async def test_stalled_upstream_is_504() -> None:
 async def test_upstream_dropping_the_connection_is_502() -> None:
     async with raw_tcp_server("drop") as url, probing_client(pacs_service_url=f"{url}/dicom-web") as client:
         error = assert_error(await client.get("/probe"), 502, "upstream_unavailable")
-    assert error["details"]["reason"] == "RemoteProtocolError"
+    assert error["details"]["reason"] == "ServerDisconnectedError"
 
 
 @pytest.fixture(scope="module")
