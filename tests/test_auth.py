@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -219,3 +220,15 @@ async def test_health_and_metrics_need_no_token(client: httpx.AsyncClient) -> No
     assert (await client.get("/-/healthz")).status_code == 200
     assert (await client.get("/-/metrics")).status_code == 200
     assert (await client.get("/openapi.yaml")).status_code == 200
+
+
+async def test_a_remembered_token_still_expires_on_time(
+    app_client: AppClient, jwks: tuple[JwksEndpoint, ThreadedServer], issuer: TokenIssuer
+) -> None:
+    _, server = jwks
+    async with app_client(auth_mode="jwt", auth_jwks_url=f"{server.url}/jwks.json", auth_clock_skew_s=0) as client:
+        token = issuer.token(exp=int(time.time()) + 2)
+        assert (await client.get("/uid", headers=bearer(token))).status_code == 200
+        assert (await client.get("/uid", headers=bearer(token))).status_code == 200  # from the cache
+        await asyncio.sleep(2.5)
+        assert_refused(await client.get("/uid", headers=bearer(token)))
