@@ -165,6 +165,18 @@ class Exams:
         size = _thumbnail_size(params)
         require_patient_access(caller, patient_id)
 
+        path = f"studies/{study}/series/{series}/instances/{sop}"
+        if file_type == "image/jpeg":
+            instance = await self._locate_instance(study, series, sop, patient_id)
+            return await self._thumbnail(path, size, instance)
+        # For the file, the series is checked (a cheap query: an instance-level one makes Orthanc read the whole
+        # file, ~50 ms for 80 MiB) and the instance's membership and patient come from the WADO-RS answer itself:
+        # 404 when the instance is not in that series, and its PatientID read from its first bytes.
+        if not await self._owns(patient_id, f"studies/{study}/series", [("SeriesInstanceUID", series)]):
+            raise NotFound("no such instance for this patient", {"instance": sop})
+        return await self._file(path, sop, patient_id)
+
+    async def _locate_instance(self, study: str, series: str, sop: str, patient_id: str) -> DicomJson:
         found = await self._search(
             f"studies/{study}/series/{series}/instances",
             SearchQuery(patient_id, (("SOPInstanceUID", sop),), includefields=(ROWS, COLUMNS), limit=2),
@@ -173,10 +185,7 @@ class Exams:
                    and ds.string(STUDY_UID) in (None, study) and ds.string(SERIES_UID) in (None, series)]
         if len(located) != 1:
             raise NotFound("no such instance for this patient", {"instance": sop})
-        path = f"studies/{study}/series/{series}/instances/{sop}"
-        if file_type == "image/jpeg":
-            return await self._thumbnail(path, size, located[0])
-        return await self._file(path, sop, patient_id)
+        return located[0]
 
     async def _file(self, path: str, sop: str, patient_id: str) -> Response:
         response = await self._upstream.open_stream(
@@ -187,7 +196,7 @@ class Exams:
             reader = SinglePartReader(response.iter_raw(), boundary_of(response.headers.get("content-type", "")))
             await reader.open()
             body = reader.body()
-            prefix = await _read_until_patient_known(body, patient_id)
+            prefix = await _read_until_patient_known(body, patient_id, sop)
         except MultipartError as exc:
             await response.aclose()
             raise UpstreamFailed("the PACS answered with a malformed multipart body", {"reason": str(exc)}) from None
@@ -228,14 +237,14 @@ class Exams:
 
 def _expect_found(response: UpstreamStream, path: str, media_type: str | None = None) -> None:
     if response.status_code == 404:
-        raise NotFound("no such instance for this patient")
+        raise NotFound("no such instance for this patient", {"instance": path.rsplit("/", 1)[-1]})
     if response.status_code != 200:
         raise UpstreamFailed("the PACS refused a retrieval", {"upstream_status": response.status_code})
     if media_type is not None and response.headers.get("content-type", "").split(";")[0].strip() != media_type:
         raise UpstreamFailed(f"the PACS answered with something other than {media_type}")
 
 
-async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str) -> list[bytes]:
+async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str, sop: str) -> list[bytes]:
     """Read the file's first bytes until its PatientID is known; 404 unless it is the patient's."""
     probe = PatientIdProbe()
     prefix: list[bytes] = []
@@ -252,7 +261,7 @@ async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str)
             raise UpstreamFailed("the PACS returned a file whose header cannot be read", {"reason": str(exc)}) from None
     if probe.patient_id != patient_id:
         log.warning("wado_patient_mismatch", message="a UID resolved to a file of another patient; refused")
-        raise NotFound("no such instance for this patient")
+        raise NotFound("no such instance for this patient", {"instance": sop})
     return prefix
 
 

@@ -66,7 +66,9 @@ def read_header(file: IO[bytes], filename: str) -> InstanceHeader:
     """
     file.seek(0)
     try:
-        dataset = pydicom.dcmread(file, stop_before_pixels=True, defer_size=4096, force=False)
+        dataset = pydicom.dcmread(
+            file, stop_before_pixels=True, defer_size=4096, force=False, specific_tags=[k for k, _ in REQUIRED]
+        )
         values = {keyword: _text(dataset.get(keyword)) for keyword, _ in REQUIRED}
     except PARSE_ERRORS as exc:
         raise UnprocessableContent(
