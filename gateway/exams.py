@@ -32,6 +32,7 @@ from gateway.dicomjson import (
 from gateway.errors import BadRequest, NotFound, UpstreamFailed
 from gateway.links import ExamLinks
 from gateway.multipart import MultipartError, SinglePartReader, boundary_of
+from gateway.orthanc import orthanc_id
 from gateway.part10 import PatientIdProbe
 from gateway.profiles import DICOM_JSON, JPEG, MULTIPART_DICOM_AS_STORED
 from gateway.qido import (
@@ -77,7 +78,7 @@ class Exams:
         study = validate_path_uid("study", request.path_params["study"])
         query = self._scoped_search(request, caller, Level.SERIES)
         found = await self._search(f"studies/{study}/series", query)
-        if not found and not await self._owns(query.patient_id, "studies", [("StudyInstanceUID", study)]):
+        if not found and not await self._owns(query.patient_id, study):
             raise NotFound("no such study for this patient", {"study": study})
         for ds in found:
             self._link(ds, self._links.series(study, ds.string(SERIES_UID) or "", query.patient_id))
@@ -88,9 +89,7 @@ class Exams:
         series = validate_path_uid("series", request.path_params["series"])
         query = self._scoped_search(request, caller, Level.INSTANCE)
         found = await self._search(f"studies/{study}/series/{series}/instances", query)
-        if not found and not await self._owns(
-            query.patient_id, f"studies/{study}/series", [("SeriesInstanceUID", series)]
-        ):
+        if not found and not await self._owns(query.patient_id, study, series):
             raise NotFound("no such series for this patient", {"study": study, "series": series})
         for ds in found:
             self._link(ds, self._links.instance(study, series, ds.string(SOP_INSTANCE_UID) or "", query.patient_id))
@@ -127,8 +126,15 @@ class Exams:
         ]
         return exact[query.offset : query.offset + query.limit] if local_paging else exact
 
-    async def _owns(self, patient_id: str, path: str, params: list[tuple[str, str]]) -> bool:
-        """Whether the resource named by a path/params exists for exactly this patient."""
+    async def _owns(self, patient_id: str, study: str, series: str | None = None) -> bool:
+        """Whether the study (or the series in it) exists for exactly this patient."""
+        if self._profile.orthanc_native_ids:
+            kind, ids = ("studies", (patient_id, study)) if series is None else ("series", (patient_id, study, series))
+            return await self._upstream.native_exists(kind, orthanc_id(*ids))
+        if series is None:
+            path, params = "studies", [("StudyInstanceUID", study)]
+        else:
+            path, params = f"studies/{study}/series", [("SeriesInstanceUID", series)]
         found = await self._qido(
             path, [*params, ("PatientID", self._profile.exact_value(patient_id)), ("includefield", PATIENT_ID)]
         )
@@ -172,7 +178,7 @@ class Exams:
         # For the file, the series is checked (a cheap query: an instance-level one makes Orthanc read the whole
         # file, ~50 ms for 80 MiB) and the instance's membership and patient come from the WADO-RS answer itself:
         # 404 when the instance is not in that series, and its PatientID read from its first bytes.
-        if not await self._owns(patient_id, f"studies/{study}/series", [("SeriesInstanceUID", series)]):
+        if not await self._owns(patient_id, study, series):
             raise NotFound("no such instance for this patient", {"instance": sop})
         return await self._file(path, sop, patient_id)
 

@@ -44,6 +44,8 @@ class UpstreamProfile:
     # case-sensitive). Orthanc's QIDO is case-insensitive unless "QidoCaseSensitive" is set, and the `?` sent for
     # unsendable characters widens too, so for it pages are cut by the gateway after its exact filter.
     exact_matching: bool = True
+    # Orthanc: existence checks by computed resource id on its native API (`gateway.orthanc`), O(1) and exact.
+    orthanc_native_ids: bool = False
     # A cheap DICOMweb request that proves the upstream answers (readiness).
     readiness_path: str = "studies?limit=1"
 
@@ -80,6 +82,7 @@ PROFILES: dict[PacsProfileName, UpstreamProfile] = {
         silently_accepts_duplicates=True,
         wildcard_unsendable=True,
         exact_matching=False,
+        orthanc_native_ids=True,
     ),
     PacsProfileName.AZURE: UpstreamProfile(
         name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True

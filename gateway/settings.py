@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # --- upstream PACS ---------------------------------------------------------------------------------------------
     pacs_service_url: AnyHttpUrl
     pacs_profile: PacsProfileName = PacsProfileName.STANDARD
+    # Orthanc's native REST API (next to its DICOMweb root); derived from PACS_SERVICE_URL when not given.
+    pacs_native_url: AnyHttpUrl | None = None
     pacs_authorization_token: SecretStr | None = None
     pacs_username: str | None = None
     pacs_password: SecretStr | None = None

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive
 
-from gateway.auth import Caller
+from gateway.auth import Caller, Role
 from gateway.dicomjson import (
     FAILED_SOP_SEQUENCE,
     FAILURE_REASON,
@@ -37,6 +38,7 @@ from gateway.dicomjson import (
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
 from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
+from gateway.orthanc import orthanc_id
 from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, read_header
 from gateway.profiles import DICOM_JSON
 from gateway.scope import require_patient_access
@@ -51,6 +53,7 @@ ALREADY_STORED = 45070
 _DUPLICATE_REASONS = frozenset({ALREADY_STORED, 0x0111})
 _CHUNK = 1024 * 1024
 _UIDS_PER_LOOKUP = 40  # keeps the lookup URL under ~3 KB
+_LOOKUPS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,7 @@ class ExamUploads:
             uploads = await self._parse(form)
             for item in uploads:
                 require_patient_access(caller, item.header.patient_id)
-            fresh, duplicates = await self._split_duplicates(uploads)
+            fresh, duplicates = await self._split_duplicates(uploads, caller)
             if not fresh:
                 raise Conflict(
                     "every instance is already stored",
@@ -134,8 +137,14 @@ class ExamUploads:
         headers = await run_in_threadpool(lambda: [read_header(part.file, name) for part, name in parts])
         return [Upload(part, name, header) for (part, name), header in zip(parts, headers, strict=True)]
 
-    async def _split_duplicates(self, uploads: list[Upload]) -> tuple[list[Upload], list[Upload]]:
-        """Instances sent twice in one upload, or already held upstream where the upstream would not say so."""
+    async def _split_duplicates(self, uploads: list[Upload], caller: Caller) -> tuple[list[Upload], list[Upload]]:
+        """Instances sent twice in one upload, or already held upstream where the upstream would not say so.
+
+        Orthanc: the exact instance (same patient, study, series and SOP Instance UID) is looked up by its computed
+        id, a key lookup. A patient's upload is also checked for SOP Instance UIDs used anywhere in the archive
+        (a QIDO-RS query, whose cost grows with the archive in Orthanc 1.10): two instances sharing a UID make
+        Orthanc refuse WADO-RS for both, so a patient who knew another's UID could otherwise hide that instance.
+        """
         seen: set[str] = set()
         fresh: list[Upload] = []
         duplicates: list[Upload] = []
@@ -143,11 +152,30 @@ class ExamUploads:
             uid = item.header.sop_instance_uid
             (duplicates if uid in seen else fresh).append(item)
             seen.add(uid)
-        if self._upstream.profile.silently_accepts_duplicates:
+        profile = self._upstream.profile
+        if not profile.silently_accepts_duplicates:
+            return fresh, duplicates
+        if profile.orthanc_native_ids:
+            stored = await self._exact_instances_stored(fresh)
+            if Role.CLINICIAN not in caller.roles:
+                stored |= await self._stored_instances([i.header.sop_instance_uid for i in fresh])
+        else:
             stored = await self._stored_instances([item.header.sop_instance_uid for item in fresh])
-            duplicates += [item for item in fresh if item.header.sop_instance_uid in stored]
-            fresh = [item for item in fresh if item.header.sop_instance_uid not in stored]
+        duplicates += [item for item in fresh if item.header.sop_instance_uid in stored]
+        fresh = [item for item in fresh if item.header.sop_instance_uid not in stored]
         return fresh, duplicates
+
+    async def _exact_instances_stored(self, uploads: list[Upload]) -> set[str]:
+        stored: set[str] = set()
+        for start in range(0, len(uploads), _LOOKUPS_IN_FLIGHT):
+            batch = uploads[start : start + _LOOKUPS_IN_FLIGHT]
+            hits = await asyncio.gather(*(
+                self._upstream.native_exists("instances", orthanc_id(
+                    h.patient_id, h.study_uid, h.series_uid, h.sop_instance_uid))
+                for h in (item.header for item in batch)
+            ))
+            stored.update(item.header.sop_instance_uid for item, hit in zip(batch, hits, strict=True) if hit)
+        return stored
 
     async def _stored_instances(self, uids: list[str]) -> set[str]:
         stored: set[str] = set()

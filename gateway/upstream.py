@@ -139,6 +139,9 @@ class UpstreamClient:
         self.metrics = metrics
         # Trailing slash so that relative paths ("studies") join under the DICOMweb root.
         self.base_url = str(settings.pacs_service_url).rstrip("/") + "/"
+        # Orthanc serves DICOMweb at <root>/dicom-web and its native API at <root> (GET /dicom-web/info says so).
+        native = settings.pacs_native_url or str(settings.pacs_service_url).rstrip("/").rsplit("/", 1)[0]
+        self.native_url = str(native).rstrip("/") + "/"
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=settings.pacs_pool_timeout_s + settings.pacs_connect_timeout_s,
@@ -245,6 +248,22 @@ class UpstreamClient:
             response.release()
             raise
         return UpstreamStream(response, operation, self.metrics)
+
+    async def native_exists(self, kind: str, resource_id: str) -> bool:
+        """Whether Orthanc holds `/{kind}/{resource_id}` (its native API; see `gateway.orthanc`)."""
+        session = self._opened()
+        sent = await self._headers({"Accept": "application/json"})
+        started = time.perf_counter()
+        with upstream_errors("native_lookup", self.metrics):
+            async with session.get(URL(f"{self.native_url}{kind}/{resource_id}", encoded=True),
+                                   headers=sent) as response:
+                await response.read()
+        self._record("native_lookup", response.status, started)
+        self._note_rejection(response.status, sent)
+        check_upstream_status(response.status, "native_lookup")
+        if response.status not in (200, 404):
+            raise UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": response.status})
+        return response.status == 200
 
     async def readiness(self) -> str | None:
         """None when the upstream answers a cheap DICOMweb query; otherwise why not (for `/-/ready`)."""

@@ -77,10 +77,10 @@ def bundled(kind: str, patient_id: str, *, study_uid: str | None = None, series_
 def generated(patient_id: str, *, study_uid: str | None = None, series_uid: str | None = None, rows: int = 64,
               columns: int = 48, frames: int = 1, accession: str = "ACC1", study_date: str = "20240105",
               modality: str = "CT", description: str = "Generated study", preamble: bytes | None = None,
-              patient_name: str = "Test^Patient", omit: tuple[str, ...] = ()) -> Instance:
+              patient_name: str = "Test^Patient", omit: tuple[str, ...] = (), sop_uid: str | None = None) -> Instance:
     """A synthetic 16-bit grayscale image (multi-frame when frames > 1) with a gradient, so it renders."""
     sop_class = MULTIFRAME_GRAYSCALE_WORD if frames > 1 else CT_IMAGE_STORAGE
-    sop_uid = new_uid()
+    sop_uid = sop_uid or new_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.orthanc import orthanc_id
 from tests.dicom_factory import Instance, generated, new_uid
 from tests.exams_support import (
     PUBLIC_BASE_URL,
@@ -245,7 +246,10 @@ async def test_patient_sees_own_studies_and_is_refused_anothers(
         error(await exams.series(population.alice_ct.study_uid, population.bob, headers=as_bob), 404)
     assert all(population.alice not in target and population.alice_lower not in target
                for target in proxy.targets())
-    assert all(f"PatientID={population.bob}" in seen.query for seen in proxy.seen)
+    # Each question names Bob: a QIDO query with his PatientID, or Orthanc's id of (Bob, that study).
+    bobs_copy_of_the_study = f"/studies/{orthanc_id(population.bob, population.alice_ct.study_uid)}"
+    assert all(f"PatientID={population.bob}" in seen.query or seen.path == bobs_copy_of_the_study
+               for seen in proxy.seen)
 
 
 async def test_invalid_path_uids_are_400_before_anything_goes_upstream(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from gateway.orthanc import orthanc_id
 from tests.dicom_factory import bundled, generated, new_uid
 from tests.exams_support import PUBLIC_BASE_URL, Exams, clinician, error, gateway, new_patient_id, patient, values
 from tests.orthanc import Orthanc
@@ -198,16 +199,28 @@ async def test_patient_uploads_own_files_but_not_another_patients(orthanc_url: s
     assert await stored_sop_uids(orthanc, me) == [mine.sop_uid]  # nothing of the refused upload was stored
 
 
-async def test_stow_reaches_the_upstream_as_one_multipart_related_request(recorder: tuple[RecordingProxy, str]) -> None:
+@pytest.mark.parametrize("role", ["clinician", "patient"])
+async def test_stow_reaches_the_upstream_as_one_multipart_related_request(
+    recorder: tuple[RecordingProxy, str], role: str
+) -> None:
     proxy, url = recorder
     pid = new_patient_id()
+    instances = [generated(pid), generated(pid), generated(pid)]
     async with gateway(url) as client:
-        response = await Exams(client).upload(generated(pid), generated(pid), generated(pid))
+        response = await Exams(client).upload(*instances, headers=clinician() if role == "clinician" else patient(pid))
     assert response.status_code == 200
-    methods = [(seen.method, seen.path) for seen in proxy.seen]
-    assert methods == [("GET", "/dicom-web/instances"), ("POST", "/dicom-web/studies")]
-    assert "SOPInstanceUID=" in proxy.seen[0].query
-    assert proxy.seen[0].query.count(",") == 2
+    # The exact instances are looked up by Orthanc id (a key lookup) ...
+    lookups = sorted(seen.path for seen in proxy.seen if seen.path.startswith("/instances/"))
+    assert lookups == sorted(f"/instances/{orthanc_id(i.patient_id, i.study_uid, i.series_uid, i.sop_uid)}"
+                             for i in instances)
+    # ... a patient's upload is also checked for its SOP Instance UIDs anywhere (one query for all) ...
+    searches = [seen for seen in proxy.seen if seen.path == "/dicom-web/instances"]
+    assert len(searches) == (1 if role == "patient" else 0)
+    if searches:
+        assert searches[0].query.count(",") == 2
+    # ... and the files go up in one STOW-RS request.
+    assert [seen.method for seen in proxy.seen if seen.path == "/dicom-web/studies"] == ["POST"]
+    assert len(proxy.seen) == len(lookups) + len(searches) + 1
 
 
 async def test_uploaded_files_need_a_token(exams: Exams) -> None:
@@ -219,3 +232,16 @@ async def test_malformed_multipart_is_400_bad_request(exams: Exams) -> None:
     headers = {**clinician(), "Content-Type": "multipart/form-data; boundary=xyz"}
     body = error(await exams.client.post("/exams", content=b"--xyz\r\nnot a header line", headers=headers), 400)
     assert body["code"] == "bad_request"
+
+
+async def test_patient_cannot_reuse_another_patients_sop_instance_uid(exams: Exams, orthanc: Orthanc) -> None:
+    """Two instances sharing a UID make Orthanc refuse WADO-RS for both: a patient must not be able to do that."""
+    victim = generated(new_patient_id())
+    assert (await exams.upload(victim)).status_code == 200
+    attacker = new_patient_id()
+    forged = generated(attacker, sop_uid=victim.sop_uid)
+    files = [("file", ("forged.dcm", forged.data, "application/dicom"))]
+    body = error(await exams.client.post("/exams", files=files, headers=patient(attacker)), 409, "conflict")
+    assert body["details"]["failures"][0]["SOPInstanceUID"] == victim.sop_uid
+    assert await stored_sop_uids(orthanc, attacker) == []
+    assert (await exams.file(victim)).status_code == 200  # the victim's instance is still reachable
