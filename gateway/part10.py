@@ -13,7 +13,7 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import IO
+from typing import BinaryIO
 
 import pydicom
 import pydicom.config
@@ -22,6 +22,7 @@ from pydicom.filereader import read_partial
 
 from gateway.dicom import is_valid_uid
 from gateway.errors import UnprocessableContent
+from gateway.part10_fast import read_identifiers
 from gateway.qido import MATCHING_CHARACTERS
 
 PREAMBLE_LENGTH = 128
@@ -59,17 +60,28 @@ REQUIRED = (
 )
 
 
-def read_header(file: IO[bytes], filename: str) -> InstanceHeader:
+def read_header(file: BinaryIO, filename: str) -> InstanceHeader:
     """Parse the header of an uploaded Part 10 file; 422 naming the file and attribute when it cannot be stored.
 
-    Blocking I/O on a spooled file: call it from a worker thread.
+    The attributes needed all sit before (0020,000F), so parsing stops there. It runs on an in-memory copy of the
+    file's first 64 KiB, which holds them in any ordinary file, with `part10_fast` where it applies and pydicom
+    otherwise, and on the whole file only when they lie further in. Blocking I/O on a file spooled to disk: call
+    it from a worker thread then.
     """
     file.seek(0)
+    prefix = file.read(_HEADER_PREFIX)
+    complete = len(prefix) < _HEADER_PREFIX
+    fast = read_identifiers(prefix, complete=complete)
     try:
-        dataset = pydicom.dcmread(
-            file, stop_before_pixels=True, defer_size=4096, force=False, specific_tags=[k for k, _ in REQUIRED]
-        )
-        values = {keyword: _text(dataset.get(keyword)) for keyword, _ in REQUIRED}
+        if fast is not None:
+            values = {keyword: fast.get(keyword, "") for keyword, _ in REQUIRED}
+        else:
+            dataset = _read_identifiers(io.BytesIO(prefix), complete=complete)
+            if dataset is None:  # the identifiers lie past the prefix
+                file.seek(0)
+                dataset = _read_identifiers(file, complete=True)
+            assert dataset is not None
+            values = {keyword: _text(dataset.get(keyword)) for keyword, _ in REQUIRED}
     except PARSE_ERRORS as exc:
         raise UnprocessableContent(
             f"{filename} is not a DICOM Part 10 file",
@@ -99,6 +111,23 @@ def read_header(file: IO[bytes], filename: str) -> InstanceHeader:
         sop_class_uid=values["SOPClassUID"],
         patient_id=patient_id,
     )
+
+
+_HEADER_PREFIX = 64 * 1024
+_LAST_IDENTIFIER_TAG = 0x0020000E  # SeriesInstanceUID: the highest tag `REQUIRED` names
+
+
+def _read_identifiers(file: BinaryIO, *, complete: bool) -> pydicom.Dataset | None:
+    """The dataset up to the identifiers; None when `file` is a prefix that ends before they are all read."""
+    passed = False
+
+    def stop_when(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal passed
+        passed = tag > _LAST_IDENTIFIER_TAG
+        return passed
+
+    dataset = read_partial(file, stop_when=stop_when, defer_size=4096, force=False)
+    return dataset if passed or complete else None
 
 
 def _text(value: object) -> str:

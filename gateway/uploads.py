@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -53,7 +52,6 @@ ALREADY_STORED = 45070
 _DUPLICATE_REASONS = frozenset({ALREADY_STORED, 0x0111})
 _CHUNK = 1024 * 1024
 _UIDS_PER_LOOKUP = 40  # keeps the lookup URL under ~3 KB
-_LOOKUPS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +131,18 @@ class ExamUploads:
             parts.append((value, value.filename or filename))
         if not parts:
             raise BadRequest("no DICOM file: send one or more parts named 'file'", {"field": "file"})
-        # One trip to a worker thread for all headers (file reads may block): a hop per file costs more than a parse.
-        headers = await run_in_threadpool(lambda: [read_header(part.file, name) for part, name in parts])
+        # Files spooled to disk are read in one trip to a worker thread (their reads block).
+        if all(part._in_memory for part, _ in parts):  # no blocking I/O: parse here, a thread hop costs more
+            headers = [read_header(part.file, name) for part, name in parts]
+        else:
+            headers = await run_in_threadpool(lambda: [read_header(part.file, name) for part, name in parts])
         return [Upload(part, name, header) for (part, name), header in zip(parts, headers, strict=True)]
 
     async def _split_duplicates(self, uploads: list[Upload], caller: Caller) -> tuple[list[Upload], list[Upload]]:
         """Instances sent twice in one upload, or already held upstream where the upstream would not say so.
 
-        Orthanc: the exact instance (same patient, study, series and SOP Instance UID) is looked up by its computed
-        id, a key lookup. A patient's upload is also checked for SOP Instance UIDs used anywhere in the archive
+        Orthanc: the exact instance (same patient, study, series and SOP Instance UID) is looked up by computed ids,
+        one key lookup per series. A patient's upload is also checked for SOP Instance UIDs used anywhere in the archive
         (a QIDO-RS query, whose cost grows with the archive in Orthanc 1.10): two instances sharing a UID make
         Orthanc refuse WADO-RS for both, so a patient who knew another's UID could otherwise hide that instance.
         """
@@ -166,15 +167,20 @@ class ExamUploads:
         return fresh, duplicates
 
     async def _exact_instances_stored(self, uploads: list[Upload]) -> set[str]:
+        """Orthanc: one key lookup per series in the upload; its answer lists the ids of the instances it holds."""
+        by_series: dict[str, list[Upload]] = {}
+        for item in uploads:
+            h = item.header
+            by_series.setdefault(orthanc_id(h.patient_id, h.study_uid, h.series_uid), []).append(item)
         stored: set[str] = set()
-        for start in range(0, len(uploads), _LOOKUPS_IN_FLIGHT):
-            batch = uploads[start : start + _LOOKUPS_IN_FLIGHT]
-            hits = await asyncio.gather(*(
-                self._upstream.native_exists("instances", orthanc_id(
-                    h.patient_id, h.study_uid, h.series_uid, h.sop_instance_uid))
-                for h in (item.header for item in batch)
-            ))
-            stored.update(item.header.sop_instance_uid for item, hit in zip(batch, hits, strict=True) if hit)
+        for series_id, items in by_series.items():
+            series = await self._upstream.native_resource("series", series_id)
+            held = set(series.get("Instances", [])) if isinstance(series, dict) else set()
+            stored.update(
+                item.header.sop_instance_uid for item in items
+                if orthanc_id(item.header.patient_id, item.header.study_uid, item.header.series_uid,
+                              item.header.sop_instance_uid) in held
+            )
         return stored
 
     async def _stored_instances(self, uids: list[str]) -> set[str]:

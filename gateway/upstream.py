@@ -249,21 +249,30 @@ class UpstreamClient:
             raise
         return UpstreamStream(response, operation, self.metrics)
 
-    async def native_exists(self, kind: str, resource_id: str) -> bool:
-        """Whether Orthanc holds `/{kind}/{resource_id}` (its native API; see `gateway.orthanc`)."""
+    async def native_resource(self, kind: str, resource_id: str) -> Any:
+        """Orthanc's JSON description of `/{kind}/{resource_id}` (native API; see `gateway.orthanc`), or None."""
         session = self._opened()
         sent = await self._headers({"Accept": "application/json"})
         started = time.perf_counter()
         with upstream_errors("native_lookup", self.metrics):
             async with session.get(URL(f"{self.native_url}{kind}/{resource_id}", encoded=True),
                                    headers=sent) as response:
-                await response.read()
+                body = await response.read()
         self._record("native_lookup", response.status, started)
         self._note_rejection(response.status, sent)
         check_upstream_status(response.status, "native_lookup")
-        if response.status not in (200, 404):
-            raise UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": response.status})
-        return response.status == 200
+        if response.status == 404:
+            return None
+        unexpected = UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": response.status})
+        if response.status != 200:
+            raise unexpected
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise unexpected from None
+
+    async def native_exists(self, kind: str, resource_id: str) -> bool:
+        return await self.native_resource(kind, resource_id) is not None
 
     async def readiness(self) -> str | None:
         """None when the upstream answers a cheap DICOMweb query; otherwise why not (for `/-/ready`)."""

@@ -7,7 +7,11 @@ import io
 import json
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pydicom
+import pydicom.data
+import pydicom.uid
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,7 +20,8 @@ from starlette.routing import Route
 
 from gateway.errors import UnprocessableContent
 from gateway.multipart import MultipartError, SinglePartReader, boundary_of
-from gateway.part10 import PatientIdProbe, configure_pydicom, read_header
+from gateway.part10 import PARSE_ERRORS, PatientIdProbe, _read_identifiers, _text, configure_pydicom, read_header
+from gateway.part10_fast import WANTED, read_identifiers
 from tests.dicom_factory import generated
 from tests.exams_support import Exams, error, gateway
 from tests.servers import serve
@@ -142,3 +147,78 @@ def test_damaged_headers_only_ever_raise_422() -> None:
         with contextlib.suppress(ValueError):
             probe.feed(bytes(data), final=True)
     assert outcomes["422"] > 100  # the damage did hit the parser
+
+
+def _pydicom_identifiers(data: bytes) -> dict[str, str] | None:
+    try:
+        dataset = _read_identifiers(io.BytesIO(data), complete=True)  # the pydicom path of read_header
+        assert dataset is not None
+        values = {name: _text(dataset.get(name)) for name in WANTED.values()}
+        return {name: value for name, value in values.items() if value}
+    except (*PARSE_ERRORS,):
+        return None
+
+
+def _all_bundled_files() -> list[Path]:
+    return sorted(Path(pydicom.data.__file__).parent.joinpath("test_files").glob("**/*.dcm"))
+
+
+def test_fast_identifier_reader_agrees_with_pydicom_on_every_bundled_file() -> None:
+    used = 0
+    for path in _all_bundled_files():
+        data = path.read_bytes()
+        fast = read_identifiers(data, complete=True)
+        if fast is None:
+            continue  # pydicom's turn: nothing to compare
+        used += 1
+        assert {k: v for k, v in fast.items() if v} == _pydicom_identifiers(data), path.name
+    assert used > 50  # the fast path covers the ordinary files
+
+
+def test_fast_identifier_reader_skips_undefined_length_sequences() -> None:
+    ds = pydicom.dcmread(io.BytesIO(generated("SEQ-PATIENT").data))
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = "1.2.3"
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    nested = pydicom.Dataset()
+    nested.CodeValue = "X"
+    item.PurposeOfReferenceCodeSequence = [nested]
+    ds.ReferencedImageSequence = [item, item]  # (0008,1140): before the identifiers of group 0020
+    for implicit in (False, True):
+        out = io.BytesIO()
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        pydicom.dcmwrite(out, ds, enforce_file_format=True)
+        data = out.getvalue()
+        # Rewrite the sequence lengths as undefined, as many modalities write them.
+        undefined = _with_undefined_lengths(ds, implicit)
+        for payload in (data, undefined):
+            fast = read_identifiers(payload, complete=True)
+            assert fast is not None
+            assert fast == _pydicom_identifiers(payload)
+            assert fast["PatientID"] == "SEQ-PATIENT"
+
+
+def _with_undefined_lengths(ds: pydicom.Dataset, implicit: bool) -> bytes:
+    for element in ds.iterall():
+        if element.VR == "SQ":
+            element.is_undefined_length = True
+            for item in element.value:
+                item.is_undefined_length_sequence_item = True
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=True, implicit_vr=implicit)
+    return out.getvalue()
+
+
+def test_fast_identifier_reader_declines_rather_than_guesses() -> None:
+    data = generated("P").data
+    assert read_identifiers(data[:300], complete=False) is None  # a prefix that ends early
+    assert read_identifiers(b"x" * 200, complete=True) is None
+    rng = random.Random(7)
+    for _ in range(2000):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 6)):
+            damaged[rng.randrange(128, 700)] = rng.randrange(256)
+        fast = read_identifiers(bytes(damaged), complete=True)
+        if fast is not None and len(fast) == len(WANTED) and all(fast.values()):
+            assert fast == _pydicom_identifiers(bytes(damaged))
