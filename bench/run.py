@@ -830,8 +830,8 @@ def tool_version(command: list[str]) -> str:
 
 def versions(stack: Stack | None) -> dict[str, str]:
     found: dict[str, str] = {"python": platform.python_version()}
-    for package in ("dicom-gateway", "starlette", "uvicorn", "httpx", "pydicom", "python-multipart", "uvloop",
-                    "httptools"):
+    for package in ("dicom-gateway", "starlette", "uvicorn", "aiohttp", "httpx", "pydicom", "python-multipart",
+                    "uvloop", "httptools"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
     revision = tool_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
