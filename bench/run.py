@@ -46,10 +46,8 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 from joserfc import jwt  # noqa: E402
 from joserfc.jwk import OctKey  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from tests.dicom_factory import MULTIFRAME_GRAYSCALE_WORD, generated, new_uid  # noqa: E402
+from tests.dicom_factory import generated, gradient_row, image_dataset, new_uid  # noqa: E402
 from tests.orthanc import Orthanc, free_port  # noqa: E402
 from tests.processes import GatewayProcess  # noqa: E402
 
@@ -150,43 +148,13 @@ def write_multiframe(path: Path, patient_id: str, frames: int, rows: int = 512, 
     pydicom writes the header of a dataset without PixelData; the (7FE0,0010) OW element follows with an explicit
     length (explicit VR little endian: tag, 'OW', two reserved bytes, 4-byte length) and the pixels in chunks.
     """
-    sop_uid, study_uid, series_uid = new_uid(), new_uid(), new_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(MULTIFRAME_GRAYSCALE_WORD)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = generate_uid(prefix="1.2.826.0.1.3680043.8.498.")
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = MULTIFRAME_GRAYSCALE_WORD
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = "20240105"
-    ds.StudyTime = "101500"
-    ds.AccessionNumber = "BENCHBIG"
-    ds.Modality = "OT"
-    ds.StudyDescription = "Bench multi-frame"
-    ds.PatientName = "Bench^Big"
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = frames
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    ds = image_dataset(patient_id, rows=rows, columns=columns, frames=frames, accession="BENCHBIG", modality="OT",
+                       description="Bench multi-frame", patient_name="Bench^Big")
+    study_uid, series_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
     length = frames * rows * columns * 2
     if length >= 0xFFFFFFFF:
         raise BenchError("pixel data too long for an explicit-length OW element")
-    row = b"".join(((x * 4095 // max(columns - 1, 1)) & 0xFFFF).to_bytes(2, "little") for x in range(columns))
-    frame = row * rows
+    frame = gradient_row(columns) * rows
     with path.open("wb") as out:
         ds.save_as(out, enforce_file_format=True)
         out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))

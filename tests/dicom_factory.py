@@ -74,11 +74,11 @@ def bundled(kind: str, patient_id: str, *, study_uid: str | None = None, series_
     return _instance(ds, preamble if preamble is not None else os.urandom(128))
 
 
-def generated(patient_id: str, *, study_uid: str | None = None, series_uid: str | None = None, rows: int = 64,
-              columns: int = 48, frames: int = 1, accession: str = "ACC1", study_date: str = "20240105",
-              modality: str = "CT", description: str = "Generated study", preamble: bytes | None = None,
-              patient_name: str = "Test^Patient", omit: tuple[str, ...] = (), sop_uid: str | None = None) -> Instance:
-    """A synthetic 16-bit grayscale image (multi-frame when frames > 1) with a gradient, so it renders."""
+def image_dataset(patient_id: str, *, study_uid: str | None = None, series_uid: str | None = None, rows: int = 64,
+                  columns: int = 48, frames: int = 1, accession: str = "ACC1", study_date: str = "20240105",
+                  modality: str = "CT", description: str = "Generated study", patient_name: str = "Test^Patient",
+                  sop_uid: str | None = None) -> Dataset:
+    """The dataset of a synthetic 16-bit grayscale image (multi-frame when frames > 1), without its PixelData."""
     sop_class = MULTIFRAME_GRAYSCALE_WORD if frames > 1 else CT_IMAGE_STORAGE
     sop_uid = sop_uid or new_uid()
     meta = FileMetaDataset()
@@ -113,8 +113,23 @@ def generated(patient_id: str, *, study_uid: str | None = None, series_uid: str 
     ds.PixelRepresentation = 0
     if frames > 1:
         ds.NumberOfFrames = frames
-    row = b"".join(((x * 4095 // max(columns - 1, 1)) & 0xFFFF).to_bytes(2, "little") for x in range(columns))
-    ds.PixelData = row * rows * frames
+    return ds
+
+
+def gradient_row(columns: int) -> bytes:
+    """One row of 16-bit little-endian pixels rising from 0 to 4095, so that the image renders visibly."""
+    return b"".join(((x * 4095 // max(columns - 1, 1)) & 0xFFFF).to_bytes(2, "little") for x in range(columns))
+
+
+def generated(patient_id: str, *, study_uid: str | None = None, series_uid: str | None = None, rows: int = 64,
+              columns: int = 48, frames: int = 1, accession: str = "ACC1", study_date: str = "20240105",
+              modality: str = "CT", description: str = "Generated study", preamble: bytes | None = None,
+              patient_name: str = "Test^Patient", omit: tuple[str, ...] = (), sop_uid: str | None = None) -> Instance:
+    """A synthetic image file (see `image_dataset`) with a gradient as its pixels."""
+    ds = image_dataset(patient_id, study_uid=study_uid, series_uid=series_uid, rows=rows, columns=columns,
+                       frames=frames, accession=accession, study_date=study_date, modality=modality,
+                       description=description, patient_name=patient_name, sop_uid=sop_uid)
+    ds.PixelData = gradient_row(columns) * rows * frames
     for keyword in omit:
         delattr(ds, keyword)
     return _instance(ds, preamble if preamble is not None else os.urandom(128))
