@@ -214,7 +214,9 @@ class JwtAuthenticator:
         except JoseError as exc:
             # Unknown kid, algorithm not allowed, malformed token, wrong issuer or audience, not yet valid, ...
             raise Unauthorized("the token is not valid", {"reason": exc.error}) from None
-        except ValueError:  # undecodable base64 or JSON that joserfc does not wrap
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # Undecodable base64 or JSON, or a header joserfc trips over (e.g. `"crit": 5`) before checking the
+            # signature: all malformed tokens, never a crash.
             raise Unauthorized("the token is not valid", {"reason": "malformed"}) from None
         return dict(token.claims)
 

@@ -9,13 +9,14 @@ patients' data in the PACS then still cannot hand one patient the other's file).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 import structlog
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Authenticator, Caller, Handler, guarded
 from gateway.dicomjson import (
@@ -40,6 +41,7 @@ from gateway.qido import (
     Level,
     SearchQuery,
     bad_parameter,
+    is_small_integer,
     parse_patient_id,
     parse_search,
     single,
@@ -215,9 +217,7 @@ class Exams:
         }
         if reader.length is not None:
             headers["Content-Length"] = str(reader.length)
-        return StreamingResponse(
-            _relay(prefix, body, response), media_type="application/dicom", headers=headers
-        )
+        return UpstreamRelay(prefix, body, response, media_type="application/dicom", headers=headers)
 
     async def _thumbnail(self, path: str, size: int, instance: DicomJson) -> Response:
         width, height = _viewport(size, instance.integer(ROWS), instance.integer(COLUMNS))
@@ -235,10 +235,7 @@ class Exams:
         headers = dict(PRIVATE)
         if "content-length" in response.headers:
             headers["Content-Length"] = response.headers["content-length"]
-        return StreamingResponse(
-            _relay([], response.iter_raw(), response), media_type=JPEG,
-            headers=headers,
-        )
+        return UpstreamRelay([], response.iter_raw(), response, media_type=JPEG, headers=headers)
 
 
 def _expect_found(response: UpstreamStream, path: str, media_type: str | None = None) -> None:
@@ -258,11 +255,12 @@ async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str,
         try:
             chunk = await anext(body)
         except StopAsyncIteration:
-            probe.feed(b"", final=True)
-            break
-        prefix.append(chunk)
+            chunk, final = b"", True
+        else:
+            final = False
+            prefix.append(chunk)
         try:
-            probe.feed(chunk)
+            probe.feed(chunk, final=final)
         except ValueError as exc:
             raise UpstreamFailed("the PACS returned a file whose header cannot be read", {"reason": str(exc)}) from None
     if probe.patient_id != patient_id:
@@ -271,15 +269,36 @@ async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str,
     return prefix
 
 
-async def _relay(prefix: list[bytes], rest: AsyncIterator[bytes], response: UpstreamStream) -> AsyncIterator[bytes]:
-    """Send what was read ahead, then the rest as it arrives; the upstream answer is closed whatever happens."""
-    try:
-        for chunk in prefix:
-            yield chunk
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await response.aclose()
+class UpstreamRelay(StreamingResponse):
+    """Sends what was read ahead, then the rest of an upstream answer as it arrives.
+
+    The upstream answer is released whatever happens: after the last byte, when the client goes away mid-stream,
+    and when sending the response start fails before the body is even begun (a generator's `finally` alone would
+    not run then, and each such request would keep a pooled upstream connection).
+    """
+
+    def __init__(self, prefix: list[bytes], rest: AsyncIterator[bytes], upstream: UpstreamStream, *,
+                 media_type: str, headers: dict[str, str]) -> None:
+        async def relay() -> AsyncGenerator[bytes, None]:
+            for chunk in prefix:
+                yield chunk
+            async for chunk in rest:
+                yield chunk
+
+        self._relay = relay()
+        self._rest = rest
+        self._upstream = upstream
+        super().__init__(self._relay, media_type=media_type, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._relay.aclose()
+            close_rest = getattr(self._rest, "aclose", None)  # an async generator's: stop its upstream reads
+            if close_rest is not None:
+                await close_rest()
+            await self._upstream.aclose()
 
 
 def _viewport(size: int, rows: int | None, columns: int | None) -> tuple[int, int]:
@@ -293,7 +312,7 @@ def _thumbnail_size(params: QueryParams) -> int:
     raw = single(params, "size")
     if raw is None:
         return DEFAULT_THUMBNAIL
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_THUMBNAIL:
+    if not is_small_integer(raw) or not 1 <= int(raw) <= MAX_THUMBNAIL:
         raise bad_parameter("size", f"an integer from 1 to {MAX_THUMBNAIL}")
     return int(raw)
 

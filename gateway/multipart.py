@@ -83,7 +83,7 @@ class SinglePartReader:
         self._buffer = self._buffer[end + 4 :]
         length = self.headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit() and len(length) <= 15):
                 raise MultipartError(f"bad part Content-Length {length!r}")
             self.length = int(length)
         return self.headers

@@ -30,7 +30,8 @@ ZERO_PREAMBLE = bytes(PREAMBLE_LENGTH)
 PATIENT_ID_TAG = 0x00100020
 # What pydicom may raise on a damaged header; anything else is a bug and must surface as one.
 PARSE_ERRORS = (InvalidDicomError, BytesLengthException, EOFError, ValueError, TypeError, KeyError, IndexError,
-                OverflowError, struct.error, NotImplementedError, AttributeError, UnicodeDecodeError, LookupError)
+                OverflowError, struct.error, NotImplementedError, AttributeError, UnicodeDecodeError, LookupError,
+                RecursionError)
 
 
 def configure_pydicom() -> None:

@@ -52,7 +52,7 @@ def read_identifiers(data: bytes, *, complete: bool) -> dict[str, str] | None:
     """
     try:
         return _read(data, complete)
-    except (_Unsupported, struct.error, UnicodeDecodeError):
+    except (_Unsupported, struct.error, UnicodeDecodeError, RecursionError):
         return None
 
 

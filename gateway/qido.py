@@ -136,9 +136,17 @@ def _integer(params: QueryParams, name: str, default: int, low: int, high: int) 
     raw = single(params, name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not is_small_integer(raw) or not low <= int(raw) <= high:
         raise bad_parameter(name, f"an integer from {low} to {high}")
     return int(raw)
+
+
+_SMALL_INTEGER = re.compile(r"[0-9]{1,9}")
+
+
+def is_small_integer(raw: str) -> bool:
+    """ASCII digits only, and few (`str.isdigit` accepts '²'; `int()` refuses 5,000 digits)."""
+    return _SMALL_INTEGER.fullmatch(raw) is not None
 
 
 def _date(name: str, value: str) -> str:

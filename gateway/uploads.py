@@ -93,7 +93,7 @@ class ExamUploads:
         if content_type.split(";")[0].strip().lower() != "multipart/form-data":
             raise UnsupportedMediaType("POST /exams takes multipart/form-data", {"content_type": content_type})
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
             raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": self._max_bytes})
         limited = Request(request.scope, _limited(request.receive, self._max_bytes))
         form = await limited.form(max_files=self._max_files, max_fields=100)
