@@ -56,8 +56,9 @@ log = structlog.get_logger(__name__)
 FILE_TYPES = ("application/dicom", "image/jpeg")
 DEFAULT_THUMBNAIL = 256
 MAX_THUMBNAIL = 2048
-# Items of near-miss patients an upstream with loose matching may interleave with the patient's own.
-LOCAL_PAGING_SLACK = 100
+# Paging through an upstream whose matching is loose (see `_search`): 50 pages of 200 cover 10,000 items.
+UPSTREAM_PAGE = 200
+MAX_UPSTREAM_PAGES = 50
 PRIVATE = {"Cache-Control": "private, no-store"}  # patient data: never kept by shared caches
 
 
@@ -112,21 +113,27 @@ class Exams:
         params += [(name, self._profile.exact_value(value)) for name, value in query.filters]
         # PatientID in every answer, whatever the level, so that the exact filter below can see it.
         params += [("includefield", field) for field in (*query.includefields, PATIENT_ID)]
-        # Where the upstream's matching is looser than exact equality, the exact filter below can drop items from
-        # a page, so the page is cut here instead, from one larger answer (a patient's exams are few).
-        local_paging = not self._profile.exact_matching
-        if local_paging:
-            params += [("limit", str(query.offset + query.limit + LOCAL_PAGING_SLACK))]
-        else:
-            params += [("limit", str(query.limit)), ("offset", str(query.offset))]
-        found = await self._qido(path, params)
         accession = dict(query.filters).get("AccessionNumber")
-        exact = [
-            ds for ds in found
-            if ds.string(PATIENT_ID) == query.patient_id
-            and (accession is None or ds.string(ACCESSION_NUMBER) == accession)
-        ]
-        return exact[query.offset : query.offset + query.limit] if local_paging else exact
+
+        def exact(found: list[DicomJson]) -> list[DicomJson]:
+            return [ds for ds in found if ds.string(PATIENT_ID) == query.patient_id
+                    and (accession is None or ds.string(ACCESSION_NUMBER) == accession)]
+
+        if self._profile.exact_matching:
+            page = [("limit", str(query.limit)), ("offset", str(query.offset))]
+            return exact(await self._qido(path, params + page))
+        # The upstream's matching is looser than equality (Orthanc: case-insensitive, `?` for unsendable
+        # characters), so near-miss patients' items can sit in any page. Walk its pages, keep exact matches, and
+        # cut the caller's page from those: never fewer items than there are, however many near misses there are.
+        wanted = query.offset + query.limit
+        matches: list[DicomJson] = []
+        for number in range(MAX_UPSTREAM_PAGES):
+            found = await self._qido(path, [*params, ("limit", str(UPSTREAM_PAGE)),
+                                            ("offset", str(number * UPSTREAM_PAGE))])
+            matches += exact(found)
+            if len(matches) >= wanted or len(found) < UPSTREAM_PAGE:
+                break
+        return matches[query.offset : wanted]
 
     async def _owns(self, patient_id: str, study: str, series: str | None = None) -> bool:
         """Whether the study (or the series in it) exists for exactly this patient."""
@@ -180,7 +187,11 @@ class Exams:
         # For the file, the series is checked (a cheap query: an instance-level one makes Orthanc read the whole
         # file, ~50 ms for 80 MiB) and the instance's membership and patient come from the WADO-RS answer itself:
         # 404 when the instance is not in that series, and its PatientID read from its first bytes.
-        if not await self._owns(patient_id, study, series):
+        if self._profile.orthanc_native_ids:  # exactly this patient's instance, by construction of the id
+            owned = await self._upstream.native_exists("instances", orthanc_id(patient_id, study, series, sop))
+        else:
+            owned = await self._owns(patient_id, study, series)
+        if not owned:
             raise NotFound("no such instance for this patient", {"instance": sop})
         return await self._file(path, sop, patient_id)
 

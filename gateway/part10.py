@@ -10,6 +10,7 @@ valid executable or archive (the "preamble attack", CVE-2019-11687). The gateway
 from __future__ import annotations
 
 import io
+import mmap
 import struct
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pydicom.filereader import read_partial
 
 from gateway.dicom import is_valid_uid
 from gateway.errors import UnprocessableContent
-from gateway.part10_fast import read_identifiers
+from gateway.part10_fast import StructureError, check_structure, read_identifiers
 from gateway.qido import MATCHING_CHARACTERS
 
 PREAMBLE_LENGTH = 128
@@ -61,7 +62,7 @@ REQUIRED = (
 )
 
 
-def read_header(file: BinaryIO, filename: str) -> InstanceHeader:
+def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True) -> InstanceHeader:
     """Parse the header of an uploaded Part 10 file; 422 naming the file and attribute when it cannot be stored.
 
     The attributes needed all sit before (0020,000F), so parsing stops there. It runs on an in-memory copy of the
@@ -88,6 +89,7 @@ def read_header(file: BinaryIO, filename: str) -> InstanceHeader:
             f"{filename} is not a DICOM Part 10 file",
             {"file": filename, "reason": _reason(exc)},
         ) from None
+    _check_structure(file, filename, in_memory=in_memory)
     for keyword, is_uid in REQUIRED:
         value = values[keyword]
         if not value:
@@ -112,6 +114,21 @@ def read_header(file: BinaryIO, filename: str) -> InstanceHeader:
         sop_class_uid=values["SOPClassUID"],
         patient_id=patient_id,
     )
+
+
+def _check_structure(file: BinaryIO, filename: str, *, in_memory: bool) -> None:
+    """The whole file's structure (`part10_fast.check_structure`), walked in memory or through an mmap."""
+    file.seek(0)
+    try:
+        if in_memory:
+            check_structure(file.read())
+        else:
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                check_structure(mapped)
+    except StructureError as exc:
+        raise UnprocessableContent(
+            f"{filename} cannot be stored: {exc}", {"file": filename, "reason": str(exc)}
+        ) from None
 
 
 _HEADER_PREFIX = 64 * 1024

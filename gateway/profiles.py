@@ -54,7 +54,17 @@ class UpstreamProfile:
         if not self.wildcard_unsendable:
             return value
         literal = _UNRESERVED.union(self.literal_query_chars)
-        return "".join(c if c in literal else "?" for c in value)
+        # A space, or an ASCII character that would need escaping, stands for one character: `?`. Orthanc drops
+        # non-ASCII characters when it normalises identifiers, so a run of them may stand for none: `*`.
+        out: list[str] = []
+        for c in value:
+            if c in literal:
+                out.append(c)
+            elif c.isascii():
+                out.append("?")
+            elif not out or out[-1] != "*":
+                out.append("*")
+        return "".join(out)
 
     def query_string(self, params: Iterable[tuple[str, str]]) -> str:
         """Encode query parameters for this upstream, keeping its literal characters unescaped."""

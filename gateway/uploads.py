@@ -135,7 +135,9 @@ class ExamUploads:
         if all(part._in_memory for part, _ in parts):  # no blocking I/O: parse here, a thread hop costs more
             headers = [read_header(part.file, name) for part, name in parts]
         else:
-            headers = await run_in_threadpool(lambda: [read_header(part.file, name) for part, name in parts])
+            headers = await run_in_threadpool(
+                lambda: [read_header(part.file, name, in_memory=part._in_memory) for part, name in parts]
+            )
         return [Upload(part, name, header) for (part, name), header in zip(parts, headers, strict=True)]
 
     async def _split_duplicates(self, uploads: list[Upload], caller: Caller) -> tuple[list[Upload], list[Upload]]:

@@ -232,3 +232,9 @@ async def test_a_remembered_token_still_expires_on_time(
         assert (await client.get("/uid", headers=bearer(token))).status_code == 200  # from the cache
         await asyncio.sleep(2.5)
         assert_refused(await client.get("/uid", headers=bearer(token)))
+
+
+async def test_a_header_joserfc_cannot_handle_is_401_not_500(client: httpx.AsyncClient) -> None:
+    for header in ({"alg": "RS256", "crit": 5}, {"alg": "RS256", "crit": [5]}, {"alg": "RS256", "crit": [{}]}):
+        token = f"{b64url(json.dumps(header).encode())}.e30.AA"
+        assert_refused(await client.get("/uid", headers=bearer(token)))

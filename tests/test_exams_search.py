@@ -169,6 +169,8 @@ async def test_study_instance_uid_filter_and_includefield(exams: Exams, populati
         ({"limit": "0"}, "limit"),
         ({"limit": "201"}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),  # a digit to str.isdigit, not to int()
+        ({"offset": "9" * 5000}, "offset"),  # more digits than int() converts
         ({"offset": "-1"}, "offset"),
         ({"PatientName": "DOE*"}, "PatientName"),
     ],
@@ -298,3 +300,13 @@ async def test_pages_hold_only_the_patients_studies_even_when_the_upstream_match
                     "0020000D") for offset in range(4)]
     assert [len(page) for page in pages] == [1, 1, 0, 0]
     assert sorted(pages[0] + pages[1]) == sorted([population.alice_ct.study_uid, population.alice_mr.study_uid])
+
+
+async def test_a_non_ascii_patient_id_is_found(exams: Exams) -> None:
+    """Orthanc drops non-ASCII characters when it normalises identifiers; the gateway sends `*` for them."""
+    pid = f"M\u00dcLLER-{new_patient_id()}"
+    instance = generated(pid)
+    assert (await exams.upload(instance)).status_code == 200
+    studies = (await exams.studies(pid)).json()
+    assert values(studies, "0020000D") == [instance.study_uid]
+    assert (await exams.file(instance, file_type="image/jpeg")).status_code == 200

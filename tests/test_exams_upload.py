@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import AsyncIterator
 
 import httpx
+import pydicom
 import pytest
 
 from gateway.orthanc import orthanc_id
@@ -244,3 +246,51 @@ async def test_patient_cannot_reuse_another_patients_sop_instance_uid(exams: Exa
     assert body["details"]["failures"][0]["SOPInstanceUID"] == victim.sop_uid
     assert await stored_sop_uids(orthanc, attacker) == []
     assert (await exams.file(victim)).status_code == 200  # the victim's instance is still reachable
+
+
+def _with_second_patient_id(data: bytes, second: str) -> bytes:
+    """The file with a second (0010,0020) right after the first: parsers disagree on which one counts."""
+    value = second.encode() + (b" " if len(second) % 2 else b"")
+    marker = b"\x10\x00\x20\x00LO"
+    at = data.index(marker)
+    first_length = int.from_bytes(data[at + 6 : at + 8], "little")
+    end = at + 8 + first_length
+    return data[:end] + marker + len(value).to_bytes(2, "little") + value + data[end:]
+
+
+async def test_a_file_naming_two_patients_is_refused(exams: Exams, orthanc: Orthanc) -> None:
+    """A patient's file that says PatientID=victim first and PatientID=self second: Orthanc would file it under
+    the victim (DCMTK keeps the first), a parser keeping the last would see the caller's own ID."""
+    me, victim = new_patient_id(), new_patient_id()
+    forged = _with_second_patient_id(generated(victim).data, me)
+    files = [("file", ("two-ids.dcm", forged, "application/dicom"))]
+    body = error(await exams.client.post("/exams", files=files, headers=patient(me)), 422, "unprocessable_content")
+    assert "repeated or out of order" in body["message"]
+    assert await stored_sop_uids(orthanc, victim) == []
+    assert await stored_sop_uids(orthanc, me) == []
+
+
+def _nested(depth: int, patient_id: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(generated(patient_id).data))
+    item = pydicom.Dataset()
+    item.TextValue = "leaf"
+    for _ in range(depth - 1):
+        outer = pydicom.Dataset()
+        outer.ContentSequence = [item]
+        item = outer
+    ds.ContentSequence = [item]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_deeply_nested_sequences_are_refused_and_the_pacs_survives(exams: Exams) -> None:
+    """Orthanc 1.10 (DCMTK) crashes on ~50 nested sequences in a 2 KB file: the gateway stops them at 16."""
+    pid = new_patient_id()
+    accepted = [("file", ("nested16.dcm", _nested(16, pid), "application/dicom"))]
+    assert (await exams.client.post("/exams", files=accepted, headers=clinician())).status_code == 200
+    for depth in (17, 60, 150):
+        files = [("file", (f"nested{depth}.dcm", _nested(depth, pid), "application/dicom"))]
+        body = error(await exams.client.post("/exams", files=files, headers=clinician()), 422)
+        assert "nested deeper than 16" in body["message"]
+    assert (await exams.client.get("/-/ready")).status_code == 200
