@@ -69,6 +69,7 @@ QIDO_P50_EXTRA_MS_MAX = 1.5
 RETRIEVAL_RATIO_MIN = 0.85
 STOW_RATIO_MIN = 0.80
 STOW_TARGET_PER_REQUEST = 10
+STABLE_PAUSE_S = 3.0  # > Orthanc's StableAge (deploy/dev/orthanc.sh)
 RSS_GROWTH_MAX_MIB = 64.0
 
 
@@ -332,14 +333,16 @@ def check_qido(stack: Stack, client: httpx.Client) -> None:
 def bench_qido(stack: Stack, runs: int, seconds: float, patients: int) -> list[QidoResult]:
     direct_script = wrk_script(stack.work / "qido-direct.lua", "/dicom-web/studies?PatientID=", {}, patients)
     gw_script = wrk_script(stack.work / "qido-gateway.lua", "/exams/studies?PatientId=", stack.auth, patients)
+    time.sleep(STABLE_PAUSE_S)  # let Orthanc finish its work on the studies just stored
     run_wrk(stack.direct, direct_script, 1, 1)  # warm-up
     run_wrk(stack.gw, gw_script, 1, 1)
     results = []
     for clients in (1, 4):
         result = QidoResult(clients)
         for i in range(runs):
-            result.direct.append(run_wrk(stack.direct, direct_script, clients, seconds))
-            result.gateway.append(run_wrk(stack.gw, gw_script, clients, seconds))
+            sides = [(result.direct, stack.direct, direct_script), (result.gateway, stack.gw, gw_script)]
+            for found, base, script in sides if i % 2 == 0 else sides[::-1]:  # alternate who goes first
+                found.append(run_wrk(base, script, clients, seconds))
             d, g = result.direct[-1], result.gateway[-1]
             log(f"  QIDO c={clients} run {i + 1}: direct {d.rps:.0f} req/s p50 {d.p50_ms:.2f} ms, "
                 f"gateway {g.rps:.0f} req/s p50 {g.p50_ms:.2f} ms (errors {d.errors}/{g.errors})")
@@ -472,8 +475,13 @@ def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[St
             tag = f"{result.per_request}R{i}"
             direct_bodies = stow_bodies(f"D{tag}", n, result.per_request, gateway=False)
             gw_bodies = stow_bodies(f"G{tag}", n, result.per_request, gateway=True)
-            result.direct.append(send_stow(client, direct_url, direct_headers, direct_bodies))
-            result.gateway.append(send_stow(client, gw_url, stack.auth, gw_bodies))
+            # Orthanc works on each stored study again StableAge (2 s) later; pause so neither side pays for the
+            # other's, and alternate which side goes first.
+            sides = [(result.direct, direct_url, direct_headers, direct_bodies),
+                     (result.gateway, gw_url, stack.auth, gw_bodies)]
+            for rates, url, headers, bodies in sides if i % 2 == 0 else sides[::-1]:
+                time.sleep(STABLE_PAUSE_S)
+                rates.append(send_stow(client, url, headers, bodies))
             log(f"  STOW {result.per_request}/request run {i + 1}: direct {result.direct[-1]:.0f} inst/s, "
                 f"gateway {result.gateway[-1]:.0f} inst/s")
     return results
