@@ -62,7 +62,7 @@ REQUIRED = (
 )
 
 
-def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True) -> InstanceHeader:
+def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True, check: bool = True) -> InstanceHeader:
     """Parse the header of an uploaded Part 10 file; 422 naming the file and attribute when it cannot be stored.
 
     The attributes needed all sit before (0020,000F), so parsing stops there. It runs on an in-memory copy of the
@@ -89,7 +89,8 @@ def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True) -> Ins
             f"{filename} is not a DICOM Part 10 file",
             {"file": filename, "reason": _reason(exc)},
         ) from None
-    _check_structure(file, filename, in_memory=in_memory)
+    if check:
+        check_file_structure(file, filename, in_memory=in_memory)
     for keyword, is_uid in REQUIRED:
         value = values[keyword]
         if not value:
@@ -116,7 +117,7 @@ def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True) -> Ins
     )
 
 
-def _check_structure(file: BinaryIO, filename: str, *, in_memory: bool) -> None:
+def check_file_structure(file: BinaryIO, filename: str, *, in_memory: bool) -> None:
     """The whole file's structure (`part10_fast.check_structure`), walked in memory or through an mmap."""
     file.seek(0)
     try:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from gateway.errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableC
 from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
 from gateway.orthanc import orthanc_id
-from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, read_header
+from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, check_file_structure, read_header
 from gateway.profiles import DICOM_JSON
 from gateway.scope import require_patient_access
 from gateway.upstream import UpstreamClient, UpstreamStream
@@ -101,7 +102,17 @@ class ExamUploads:
             uploads = await self._parse(form)
             for item in uploads:
                 require_patient_access(caller, item.header.patient_id)
-            fresh, duplicates = await self._split_duplicates(uploads, caller)
+            # The duplicate lookup (a round trip to the PACS) runs while the files' structure is checked (CPU);
+            # nothing is stored before both are done.
+            lookup = asyncio.create_task(self._split_duplicates(uploads, caller))
+            await asyncio.sleep(0)  # let the lookup send its request before the CPU work below
+            try:
+                await self._check_structures(uploads)
+            except BaseException:
+                lookup.cancel()
+                await asyncio.gather(lookup, return_exceptions=True)
+                raise
+            fresh, duplicates = await lookup
             if not fresh:
                 raise Conflict(
                     "every instance is already stored",
@@ -133,12 +144,22 @@ class ExamUploads:
             raise BadRequest("no DICOM file: send one or more parts named 'file'", {"field": "file"})
         # Files spooled to disk are read in one trip to a worker thread (their reads block).
         if all(part._in_memory for part, _ in parts):  # no blocking I/O: parse here, a thread hop costs more
-            headers = [read_header(part.file, name) for part, name in parts]
+            headers = [read_header(part.file, name, check=False) for part, name in parts]
         else:
             headers = await run_in_threadpool(
-                lambda: [read_header(part.file, name, in_memory=part._in_memory) for part, name in parts]
+                lambda: [read_header(part.file, name, check=False) for part, name in parts]
             )
         return [Upload(part, name, header) for (part, name), header in zip(parts, headers, strict=True)]
+
+    async def _check_structures(self, uploads: list[Upload]) -> None:
+        def check_all() -> None:
+            for item in uploads:
+                check_file_structure(item.part.file, item.filename, in_memory=item.part._in_memory)
+
+        if all(item.part._in_memory for item in uploads):
+            check_all()
+        else:
+            await run_in_threadpool(check_all)
 
     async def _split_duplicates(self, uploads: list[Upload], caller: Caller) -> tuple[list[Upload], list[Upload]]:
         """Instances sent twice in one upload, or already held upstream where the upstream would not say so.
