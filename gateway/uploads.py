@@ -36,6 +36,7 @@ from gateway.dicomjson import (
     DicomJson,
 )
 from gateway.errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
+from gateway.formdata import SMALL_BODY, split_form
 from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
 from gateway.orthanc import orthanc_id
@@ -97,7 +98,11 @@ class ExamUploads:
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
             raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": self._max_bytes})
         limited = Request(request.scope, _limited(request.receive, self._max_bytes))
-        form = await limited.form(max_files=self._max_files, max_fields=100)
+        form = None
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) <= SMALL_BODY:
+            form = split_form(await limited.body(), content_type, self._max_files)
+        if form is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
+            form = await limited.form(max_files=self._max_files, max_fields=100)
         try:
             uploads = await self._parse(form)
             for item in uploads:
