@@ -255,8 +255,11 @@ class ExamUploads:
             pending += closing
             yield bytes(pending)
 
+        content: bytes | AsyncIterator[bytes] = body()
+        if length <= SMALL_BODY:  # already in memory (see `formdata`): one buffer, one write upstream
+            content = b"".join([chunk async for chunk in body()])
         response = await self._upstream.open_stream(
-            "POST", "studies", operation="stow", content=body(),
+            "POST", "studies", operation="stow", content=content,
             headers={
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                 "Content-Length": str(length),
