@@ -256,7 +256,7 @@ class ExamUploads:
             yield bytes(pending)
 
         content: bytes | AsyncIterator[bytes] = body()
-        if length <= SMALL_BODY:  # already in memory (see `formdata`): one buffer, one write upstream
+        if length <= _CHUNK:  # small: one buffer, one write upstream (aiohttp warns about larger byte bodies)
             content = b"".join([chunk async for chunk in body()])
         response = await self._upstream.open_stream(
             "POST", "studies", operation="stow", content=content,
