@@ -58,7 +58,8 @@ QIDO_PATIENTS = 200
 QIDO_INSTANCES_PER_PATIENT = 5
 POPULATION_BATCH = 50
 POPULATION_IN_FLIGHT = 3
-STOW_N = 300
+STOW_N = 1000  # per run and side: short runs (300) scattered by +-15 %
+STOW_RUNS = 5
 RETRIEVAL_RUNS = 5
 BIG_FRAMES = 2048  # 2048 x 512 KiB = 1 GiB of pixel data
 RSS_INTERVAL_S = 0.05
@@ -907,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
                 report.retrieval = bench_retrieval(stack, client, RETRIEVAL_RUNS)
 
             def stow() -> None:
-                report.stow = bench_stow(stack, client, runs, STOW_N)
+                report.stow = bench_stow(stack, client, STOW_RUNS if runs > 1 else 1, STOW_N if runs > 1 else 300)
 
             def memory() -> None:
                 report.memory = bench_memory(stack)
@@ -916,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
             if not report.errors:
                 section(report, f"QIDO ({runs} x {seconds:g} s per side and client count)", qido)
             section(report, "retrieval of an 80 MiB instance", retrieval)
-            section(report, f"STOW ({runs} runs x {STOW_N} instances per shape and side)", stow)
+            section(report, "STOW (runs of fresh instances per shape and side)", stow)
             if not args.skip_memory:
                 section(report, "gateway RSS during 1 GiB transfers", memory)
         report.setup.append(
