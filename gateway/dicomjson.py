@@ -71,18 +71,3 @@ class DicomJson:
     def set_sequence(self, tag: str, items: Iterable[DicomJson]) -> None:
         values = [item.raw for item in items]
         self.raw[tag] = {"vr": "SQ", "Value": values} if values else {"vr": "SQ"}
-
-    def strings(self) -> Iterator[str]:
-        """Every string value anywhere in the dataset (for checks that no internal URL leaks)."""
-        yield from _strings(self.raw)
-
-
-def _strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
