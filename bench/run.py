@@ -7,7 +7,7 @@ the same work sent straight to Orthanc's DICOMweb root and sent through the gate
 
 1. QIDO studies-by-patient (wrk, random patient per request) at 1 and 4 clients: req/s, p50, p99.
 2. Retrieval of one 80 MiB multi-frame instance (curl to /dev/null): MiB/s.
-3. STOW of small instances, 1 and 10 per request, sequential: instances/s.
+3. STOW of small instances, 1 and 10 per request, sequential, the two sides' requests alternating: instances/s.
 4. The gateway's peak RSS while a ~1 GiB upload and a ~1 GiB download pass through it.
 
 The results are printed as a Markdown table and written to bench/results.md. The exit status is 0 when every
@@ -58,7 +58,7 @@ QIDO_PATIENTS = 200
 QIDO_INSTANCES_PER_PATIENT = 5
 POPULATION_BATCH = 50
 POPULATION_IN_FLIGHT = 3
-STOW_N = 1000  # per run and side: short runs (300) scattered by +-15 %
+STOW_N = 1000  # instances per run and side
 STOW_RUNS = 5
 RETRIEVAL_RUNS = 5
 BIG_FRAMES = 2048  # 2048 x 512 KiB = 1 GiB of pixel data
@@ -424,6 +424,11 @@ class StowResult:
     direct: list[float] = field(default_factory=list)  # instances/s per run
     gateway: list[float] = field(default_factory=list)
 
+    @property
+    def ratio(self) -> float:
+        """The median of the runs' gateway/direct ratios (each run pairs the two sides request by request)."""
+        return statistics.median(g / d for g, d in zip(self.gateway, self.direct, strict=True))
+
 
 def stow_bodies(tag: str, n: int, per_request: int, gateway: bool) -> list[tuple[bytes, str, int]]:
     """(body, content type, instances) for `n` fresh 64x64 16-bit instances, `per_request` per body."""
@@ -449,21 +454,29 @@ def referenced_count(payload: object) -> int:
     return len(sequence) if isinstance(sequence, list) else -1
 
 
+def post_stow(client: httpx.Client, url: str, headers: dict[str, str], body: bytes, content_type: str,
+              count: int) -> float:
+    """One STOW request; its duration in seconds. The answer must list every instance as stored."""
+    started = time.perf_counter()
+    answer = client.post(url, content=body, headers={**headers, "Content-Type": content_type})
+    elapsed = time.perf_counter() - started
+    if answer.status_code != 200 or referenced_count(answer.json()) != count:
+        raise BenchError(f"STOW to {url} answered {answer.status_code}: {answer.text[:300]}")
+    return elapsed
+
+
 def send_stow(client: httpx.Client, url: str, headers: dict[str, str],
               bodies: list[tuple[bytes, str, int]]) -> float:
-    """Send the bodies one after the other; instances/s. Answers are checked after the clock stops."""
-    answers: list[httpx.Response] = []
-    started = time.perf_counter()
-    for body, content_type, _ in bodies:
-        answers.append(client.post(url, content=body, headers={**headers, "Content-Type": content_type}))
-    elapsed = time.perf_counter() - started
-    for (_, _, count), answer in zip(bodies, answers, strict=True):
-        if answer.status_code != 200 or referenced_count(answer.json()) != count:
-            raise BenchError(f"STOW to {url} answered {answer.status_code}: {answer.text[:300]}")
+    """Send the bodies one after the other; instances/s."""
+    elapsed = sum(post_stow(client, url, headers, *body) for body in bodies)
     return sum(count for _, _, count in bodies) / elapsed
 
 
 def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[StowResult]:
+    """Fresh instances per run and side; the two sides' requests alternate one by one (direct, gateway, gateway,
+    direct, ...). Orthanc's speed drifts by up to 20 % between blocks of a few seconds on this machine (its archive
+    grows, its disk syncs, background work on studies stored StableAge earlier); alternating requests puts both
+    sides in the same conditions, so each run's ratio is a paired measurement."""
     direct_url = f"{stack.direct}/dicom-web/studies"
     gw_url = f"{stack.gw}/exams"
     direct_headers = {"Accept": "application/dicom+json"}
@@ -476,15 +489,20 @@ def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[St
             tag = f"{result.per_request}R{i}"
             direct_bodies = stow_bodies(f"D{tag}", n, result.per_request, gateway=False)
             gw_bodies = stow_bodies(f"G{tag}", n, result.per_request, gateway=True)
-            # Orthanc works on each stored study again StableAge (2 s) later; pause so neither side pays for the
-            # other's, and alternate which side goes first.
-            sides = [(result.direct, direct_url, direct_headers, direct_bodies),
-                     (result.gateway, gw_url, stack.auth, gw_bodies)]
-            for rates, url, headers, bodies in sides if i % 2 == 0 else sides[::-1]:
-                time.sleep(STABLE_PAUSE_S)
-                rates.append(send_stow(client, url, headers, bodies))
+            time.sleep(STABLE_PAUSE_S)  # the previous run's studies become stable (Orthanc work) before this one
+            direct_s = gw_s = 0.0
+            for k, (direct_body, gw_body) in enumerate(zip(direct_bodies, gw_bodies, strict=True)):
+                pair = [(True, direct_url, direct_headers, direct_body), (False, gw_url, stack.auth, gw_body)]
+                for is_direct, url, headers, body in pair if k % 2 == 0 else pair[::-1]:
+                    seconds = post_stow(client, url, headers, *body)
+                    if is_direct:
+                        direct_s += seconds
+                    else:
+                        gw_s += seconds
+            result.direct.append(n / direct_s)
+            result.gateway.append(n / gw_s)
             log(f"  STOW {result.per_request}/request run {i + 1}: direct {result.direct[-1]:.0f} inst/s, "
-                f"gateway {result.gateway[-1]:.0f} inst/s")
+                f"gateway {result.gateway[-1]:.0f} inst/s ({result.gateway[-1] / result.direct[-1]:.0%})")
     return results
 
 
@@ -719,11 +737,11 @@ class Report:
         # the form parse, Orthanc's duplicate lookup, ~2 ms) is as large as Orthanc's own STOW of a 9 KB instance.
         rows = []
         for result in self.stow or []:
-            ratio = statistics.median(result.gateway) / statistics.median(result.direct)
+            ratio = result.ratio
             targeted = result.per_request == STOW_TARGET_PER_REQUEST
             target = f"≥ {STOW_RATIO_MIN:.0%}" if targeted else "(none: see below)"
             result_text = verdict(ratio >= STOW_RATIO_MIN) if targeted else ""
-            rows.append(f"| STOW 64x64 16-bit, {result.per_request}/request, sequential | instances/s "
+            rows.append(f"| STOW 64x64 16-bit, {result.per_request}/request, sequential, interleaved | instances/s "
                         f"(min / **median** / max) | {spread(result.direct)} | {spread(result.gateway)} | "
                         f"{ratio:.0%} | {target} | {result_text} |")
         return rows
@@ -767,7 +785,8 @@ class Report:
                 out.append(f"- retrieval {side}: {listed}")
         for stow in self.stow or []:
             out.append(f"- STOW {stow.per_request}/request direct: {', '.join(f'{v:.0f}' for v in stow.direct)}; "
-                       f"gateway: {', '.join(f'{v:.0f}' for v in stow.gateway)} inst/s")
+                       f"gateway: {', '.join(f'{v:.0f}' for v in stow.gateway)} inst/s; per-run ratio: "
+                       f"{', '.join(f'{g / d:.0%}' for g, d in zip(stow.gateway, stow.direct, strict=True))}")
         if self.memory is not None:
             for t in self.memory.transfers:
                 out.append(f"- {t.name}: VmHWM {t.hwm_before_mib:.1f} → {t.hwm_after_mib:.1f} MiB, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -11,6 +11,8 @@ class RequestContext:
     request_id: str
     upstream_seconds: float = 0.0
     upstream_calls: int = 0
+    # Counts and sizes a handler adds to the request's access line (never PHI: the line is logged at info).
+    facts: dict[str, int] = field(default_factory=dict)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("gateway_request", default=None)
@@ -33,3 +35,10 @@ def add_upstream_time(seconds: float) -> None:
     if context is not None:
         context.upstream_seconds += seconds
         context.upstream_calls += 1
+
+
+def note(**facts: int) -> None:
+    """Add counts to the current request's access line (one line per request instead of one more per fact)."""
+    context = _current.get()
+    if context is not None:
+        context.facts.update(facts)

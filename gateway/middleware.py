@@ -77,6 +77,7 @@ class RequestContextMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
                 upstream_ms=round(context.upstream_seconds * 1000, 2),
                 upstream_calls=context.upstream_calls,
+                **context.facts,
             )
             log.debug("request_target", path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"))
             structlog.contextvars.unbind_contextvars("request_id")

@@ -17,7 +17,6 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive
 
 from gateway.auth import Caller, Role
+from gateway.context import note
 from gateway.dicomjson import (
     FAILED_SOP_SEQUENCE,
     FAILURE_REASON,
@@ -35,7 +35,7 @@ from gateway.dicomjson import (
     SOP_INSTANCE_UID,
     DicomJson,
 )
-from gateway.errors import BadRequest, Conflict, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
+from gateway.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
 from gateway.formdata import SMALL_BODY, split_form
 from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
@@ -44,8 +44,6 @@ from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, check
 from gateway.profiles import DICOM_JSON
 from gateway.scope import require_patient_access
 from gateway.upstream import UpstreamClient, UpstreamStream
-
-log = structlog.get_logger(__name__)
 
 # Azure DICOM service's failure reason for "an instance with these UIDs is already stored"; clients of the product
 # this API comes from look for it.
@@ -103,14 +101,15 @@ class ExamUploads:
             form = split_form(await limited.body(), content_type, self._max_files)
         if form is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
             form = await limited.form(max_files=self._max_files, max_fields=100)
+        series = _SeriesLookups(self._upstream)
         try:
-            uploads = await self._parse(form)
+            uploads = await self._parse(form, caller, series)
             for item in uploads:
                 require_patient_access(caller, item.header.patient_id)
-            # The duplicate lookup (a round trip to the PACS) runs while the files' structure is checked (CPU);
-            # nothing is stored before both are done.
-            lookup = asyncio.create_task(self._split_duplicates(uploads, caller))
-            await asyncio.sleep(0)  # let the lookup send its request before the CPU work below
+            # The duplicate lookup (round trips to the PACS, the first sent while the other headers were read) runs
+            # while the files' structure is checked (CPU); nothing is stored before both are done.
+            lookup = asyncio.create_task(self._split_duplicates(uploads, caller, series))
+            await asyncio.sleep(0)  # let the lookup send its requests before the CPU work below
             try:
                 await self._check_structures(uploads)
             except BaseException:
@@ -126,16 +125,16 @@ class ExamUploads:
                 )
             dataset = await self._store(fresh)
         finally:
+            await series.aclose()
             await form.close()
         self._point_at_gateway(dataset, fresh)
         if duplicates:
             failed = [*dataset.items(FAILED_SOP_SEQUENCE), *_stow_failures(duplicates).items(FAILED_SOP_SEQUENCE)]
             dataset.set_sequence(FAILED_SOP_SEQUENCE, failed)
-        log.info("exams_uploaded", instances=len(fresh), duplicates=len(duplicates),
-                 bytes=sum(item.size for item in fresh))
+        note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
         return JSONResponse([dataset.raw], headers={"Cache-Control": "no-store"})
 
-    async def _parse(self, form: FormData) -> list[Upload]:
+    async def _parse(self, form: FormData, caller: Caller, series: _SeriesLookups) -> list[Upload]:
         parts: list[tuple[UploadFile, str]] = []
         for index, (name, value) in enumerate(form.multi_items()):
             if name != "file":
@@ -147,14 +146,26 @@ class ExamUploads:
             parts.append((value, value.filename or filename))
         if not parts:
             raise BadRequest("no DICOM file: send one or more parts named 'file'", {"field": "file"})
-        # Files spooled to disk are read in one trip to a worker thread (their reads block).
-        if all(part._in_memory for part, _ in parts):  # no blocking I/O: parse here, a thread hop costs more
-            headers = [read_header(part.file, name, check=False) for part, name in parts]
+
+        def read(part: UploadFile, name: str) -> InstanceHeader:
+            return read_header(part.file, name, check=False)
+
+        # Files spooled to disk are read in one trip to a worker thread (their reads block); in-memory ones here, a
+        # thread hop costs more. The first file's series is looked up while the other headers are read.
+        in_memory = all(part._in_memory for part, _ in parts)
+        first = read(*parts[0]) if in_memory else await run_in_threadpool(read, *parts[0])
+        if self._looks_up_series() and _may_touch(caller, first.patient_id):
+            series.start(first)
+        rest = parts[1:]
+        if in_memory:
+            headers = [first, *(read(part, name) for part, name in rest)]
         else:
-            headers = await run_in_threadpool(
-                lambda: [read_header(part.file, name, check=False) for part, name in parts]
-            )
+            headers = [first, *await run_in_threadpool(lambda: [read(part, name) for part, name in rest])]
         return [Upload(part, name, header) for (part, name), header in zip(parts, headers, strict=True)]
+
+    def _looks_up_series(self) -> bool:
+        profile = self._upstream.profile
+        return profile.silently_accepts_duplicates and profile.orthanc_native_ids
 
     async def _check_structures(self, uploads: list[Upload]) -> None:
         def check_all() -> None:
@@ -166,7 +177,9 @@ class ExamUploads:
         else:
             await run_in_threadpool(check_all)
 
-    async def _split_duplicates(self, uploads: list[Upload], caller: Caller) -> tuple[list[Upload], list[Upload]]:
+    async def _split_duplicates(
+        self, uploads: list[Upload], caller: Caller, series: _SeriesLookups
+    ) -> tuple[list[Upload], list[Upload]]:
         """Instances sent twice in one upload, or already held upstream where the upstream would not say so.
 
         Orthanc: the exact instance (same patient, study, series and SOP Instance UID) is looked up by computed ids,
@@ -181,11 +194,12 @@ class ExamUploads:
             uid = item.header.sop_instance_uid
             (duplicates if uid in seen else fresh).append(item)
             seen.add(uid)
-        profile = self._upstream.profile
-        if not profile.silently_accepts_duplicates:
+        if not self._upstream.profile.silently_accepts_duplicates:
             return fresh, duplicates
-        if profile.orthanc_native_ids:
-            stored = await self._exact_instances_stored(fresh)
+        if self._looks_up_series():
+            for item in fresh:
+                series.start(item.header)
+            stored = {item.header.sop_instance_uid for item in fresh if await series.holds(item.header)}
             if Role.CLINICIAN not in caller.roles:
                 stored |= await self._stored_instances([i.header.sop_instance_uid for i in fresh])
         else:
@@ -193,23 +207,6 @@ class ExamUploads:
         duplicates += [item for item in fresh if item.header.sop_instance_uid in stored]
         fresh = [item for item in fresh if item.header.sop_instance_uid not in stored]
         return fresh, duplicates
-
-    async def _exact_instances_stored(self, uploads: list[Upload]) -> set[str]:
-        """Orthanc: one key lookup per series in the upload; its answer lists the ids of the instances it holds."""
-        by_series: dict[str, list[Upload]] = {}
-        for item in uploads:
-            h = item.header
-            by_series.setdefault(orthanc_id(h.patient_id, h.study_uid, h.series_uid), []).append(item)
-        stored: set[str] = set()
-        for series_id, items in by_series.items():
-            series = await self._upstream.native_resource("series", series_id)
-            held = set(series.get("Instances", [])) if isinstance(series, dict) else set()
-            stored.update(
-                item.header.sop_instance_uid for item in items
-                if orthanc_id(item.header.patient_id, item.header.study_uid, item.header.series_uid,
-                              item.header.sop_instance_uid) in held
-            )
-        return stored
 
     async def _stored_instances(self, uids: list[str]) -> set[str]:
         stored: set[str] = set()
@@ -290,6 +287,43 @@ class ExamUploads:
             dataset.set_string(RETRIEVE_URL, "UR", self._links.study(study_uid, patient_id))
         else:
             dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
+
+
+def _may_touch(caller: Caller, patient_id: str) -> bool:
+    try:
+        require_patient_access(caller, patient_id)
+    except Forbidden:
+        return False
+    return True
+
+
+class _SeriesLookups:
+    """Orthanc's list of the instances it holds per series of an upload, each series asked once, concurrently."""
+
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self._upstream = upstream
+        self._held: dict[str, asyncio.Task[set[str]]] = {}
+
+    def start(self, header: InstanceHeader) -> None:
+        series_id = orthanc_id(header.patient_id, header.study_uid, header.series_uid)
+        if series_id not in self._held:
+            self._held[series_id] = asyncio.create_task(self._instances(series_id))
+
+    async def holds(self, header: InstanceHeader) -> bool:
+        """Whether Orthanc holds this exact instance (`start` must have been called for its series)."""
+        series_id = orthanc_id(header.patient_id, header.study_uid, header.series_uid)
+        held = await self._held[series_id]
+        return orthanc_id(header.patient_id, header.study_uid, header.series_uid, header.sop_instance_uid) in held
+
+    async def _instances(self, series_id: str) -> set[str]:
+        series = await self._upstream.native_resource("series", series_id)
+        return set(series.get("Instances", [])) if isinstance(series, dict) else set()
+
+    async def aclose(self) -> None:
+        """Cancel lookups the upload no longer needs (it was refused before they were read)."""
+        for task in self._held.values():
+            task.cancel()
+        await asyncio.gather(*self._held.values(), return_exceptions=True)
 
 
 def _stow_answer(response: UpstreamStream, payload: bytes) -> DicomJson:
