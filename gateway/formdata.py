@@ -2,22 +2,27 @@
 
 python-multipart, behind Starlette's `Request.form()`, parses in Python callbacks per part and spools each file;
 for an upload of ten 9 KB instances that is a good part of the gateway's own time. Bodies up to `SMALL_BODY` bytes
-are read whole and split here into the same `FormData` of `UploadFile`s (spooled files held in memory). Anything
+are read whole and split here into fields whose values are views of the body (nothing is copied). Anything
 unusual returns None and the caller falls back to Starlette's parser, which also produces its errors.
 """
 
 from __future__ import annotations
 
-import tempfile
+from dataclasses import dataclass
 
 from python_multipart.multipart import parse_options_header
-from starlette.datastructures import FormData, Headers, UploadFile
 
 SMALL_BODY = 4 * 1024 * 1024
-_SPOOL_IN_MEMORY = 1024 * 1024 + SMALL_BODY  # never rolled to disk: the body is in memory already
 
 
-def split_form(body: bytes, content_type: str, max_files: int) -> FormData | None:
+@dataclass(frozen=True, slots=True)
+class FormField:
+    name: str
+    filename: str | None  # None for a text field
+    value: memoryview  # a view of the request body
+
+
+def split_form(body: bytes, content_type: str, max_files: int) -> list[FormField] | None:
     """The body's fields, or None when it is not a plain, well-formed multipart/form-data body."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -26,25 +31,17 @@ def split_form(body: bytes, content_type: str, max_files: int) -> FormData | Non
     delimiter = b"--" + boundary
     if not body.startswith(delimiter):  # no preamble: Starlette's parser refuses one too
         return None
-    items: list[tuple[str, str | UploadFile]] = []
-    form = None
-    try:
-        form = _split(body, delimiter, max_files, items)
-    finally:
-        if form is None:  # declined or failed: close the files made so far
-            for _, value in items:
-                if isinstance(value, UploadFile):
-                    value.file.close()
-    return form
+    return _split(body, delimiter, max_files)
 
 
-def _split(
-    body: bytes, delimiter: bytes, max_files: int, items: list[tuple[str, str | UploadFile]]
-) -> FormData | None:
+def _split(body: bytes, delimiter: bytes, max_files: int) -> list[FormField] | None:
+    view = memoryview(body)
+    items: list[FormField] = []
+    files = 0
     pos = len(delimiter)
     while True:
         if body.startswith(b"--", pos):  # the closing delimiter
-            return FormData(items) if items else None
+            return items or None
         if not body.startswith(b"\r\n", pos):
             return None
         head_end = body.find(b"\r\n\r\n", pos + 2)
@@ -57,37 +54,35 @@ def _split(
         data_end = body.find(b"\r\n" + delimiter, data_start)
         if data_end < 0:
             return None
-        item = _field(headers, body[data_start:data_end])
+        item = _field(headers, view[data_start:data_end])
         if item is None:
             return None
         items.append(item)
-        if sum(1 for _, value in items if isinstance(value, UploadFile)) > max_files:
+        files += item.filename is not None
+        if files > max_files:
             return None  # Starlette's parser refuses it with its message
         pos = data_end + 2 + len(delimiter)
 
 
-def _headers(block: bytes) -> Headers | None:
-    raw: list[tuple[bytes, bytes]] = []
+def _headers(block: bytes) -> dict[bytes, bytes] | None:
+    headers: dict[bytes, bytes] = {}
     for line in block.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if not sep or not name.strip():
             return None
-        raw.append((name.strip().lower(), value.strip()))
-    return Headers(raw=raw)
+        headers.setdefault(name.strip().lower(), value.strip())
+    return headers
 
 
-def _field(headers: Headers, data: bytes) -> tuple[str, str | UploadFile] | None:
-    disposition, options = parse_options_header(headers.get("content-disposition", ""))
+def _field(headers: dict[bytes, bytes], data: memoryview) -> FormField | None:
+    disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
     if disposition != b"form-data" or b"name" not in options:
         return None
     try:
         name = options[b"name"].decode()
         filename = options[b"filename"].decode() if b"filename" in options else None
         if filename is None:
-            return name, data.decode()
+            bytes(data).decode()  # a text field must be UTF-8, as Starlette's parser requires
     except UnicodeDecodeError:
         return None
-    spooled = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed with the form
-    spooled.write(data)
-    spooled.seek(0)
-    return name, UploadFile(spooled, size=len(data), filename=filename, headers=headers)  # type: ignore[arg-type]
+    return FormField(name, filename, data)

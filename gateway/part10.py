@@ -13,6 +13,7 @@ import io
 import mmap
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -72,7 +73,24 @@ def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True, check:
     """
     file.seek(0)
     prefix = file.read(_HEADER_PREFIX)
-    complete = len(prefix) < _HEADER_PREFIX
+
+    def whole() -> BinaryIO:
+        file.seek(0)
+        return file
+
+    header = _header(prefix, len(prefix) < _HEADER_PREFIX, whole, filename)
+    if check:
+        check_file_structure(file, filename, in_memory=in_memory)
+    return header
+
+
+def read_header_data(data: bytes | memoryview, filename: str) -> InstanceHeader:
+    """`read_header` for a file held in memory (a view of the request body); the structure is not checked."""
+    prefix = data[:_HEADER_PREFIX]
+    return _header(prefix, len(prefix) == len(data), lambda: io.BytesIO(data), filename)
+
+
+def _header(prefix: bytes | memoryview, complete: bool, whole: Callable[[], BinaryIO], filename: str) -> InstanceHeader:
     fast = read_identifiers(prefix, complete=complete)
     try:
         if fast is not None:
@@ -80,8 +98,7 @@ def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True, check:
         else:
             dataset = _read_identifiers(io.BytesIO(prefix), complete=complete)
             if dataset is None:  # the identifiers lie past the prefix
-                file.seek(0)
-                dataset = _read_identifiers(file, complete=True)
+                dataset = _read_identifiers(whole(), complete=True)
             assert dataset is not None
             values = {keyword: _text(dataset.get(keyword)) for keyword, _ in REQUIRED}
     except PARSE_ERRORS as exc:
@@ -89,8 +106,6 @@ def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True, check:
             f"{filename} is not a DICOM Part 10 file",
             {"file": filename, "reason": _reason(exc)},
         ) from None
-    if check:
-        check_file_structure(file, filename, in_memory=in_memory)
     for keyword, is_uid in REQUIRED:
         value = values[keyword]
         if not value:
@@ -120,12 +135,17 @@ def read_header(file: BinaryIO, filename: str, *, in_memory: bool = True, check:
 def check_file_structure(file: BinaryIO, filename: str, *, in_memory: bool) -> None:
     """The whole file's structure (`part10_fast.check_structure`), walked in memory or through an mmap."""
     file.seek(0)
+    if in_memory:
+        check_data_structure(file.read(), filename)
+        return
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        check_data_structure(mapped, filename)
+
+
+def check_data_structure(data: bytes | memoryview | mmap.mmap, filename: str) -> None:
+    """`check_file_structure` for a file's bytes; 422 naming the file and the reason."""
     try:
-        if in_memory:
-            check_structure(file.read())
-        else:
-            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                check_structure(mapped)
+        check_structure(data)
     except StructureError as exc:
         raise UnprocessableContent(
             f"{filename} cannot be stored: {exc}", {"file": filename, "reason": str(exc)}

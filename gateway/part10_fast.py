@@ -49,7 +49,7 @@ class _Unsupported(Exception):
     """Not for the fast path: let pydicom decide."""
 
 
-def read_identifiers(data: bytes, *, complete: bool) -> dict[str, str] | None:
+def read_identifiers(data: bytes | memoryview, *, complete: bool) -> dict[str, str] | None:
     """The identifiers (absent ones missing from the dict), or None when pydicom must parse this file.
 
     `data` is the file or, when `complete` is false, its first bytes.
@@ -60,7 +60,7 @@ def read_identifiers(data: bytes, *, complete: bool) -> dict[str, str] | None:
         return None
 
 
-def _read(data: bytes, complete: bool) -> dict[str, str] | None:
+def _read(data: bytes | memoryview, complete: bool) -> dict[str, str] | None:
     if data[_MAGIC_AT : _MAGIC_AT + 4] != b"DICM":
         raise _Unsupported
     pos, syntax = _file_meta(data, _MAGIC_AT + 4)
@@ -81,11 +81,11 @@ def _read(data: bytes, complete: bool) -> dict[str, str] | None:
             pos = walker.skip_undefined(value_at)
             continue
         if tag == _CHARACTER_SET:
-            charset = data[value_at : value_at + length].decode("ascii").strip(" \x00")
+            charset = bytes(data[value_at : value_at + length]).decode("ascii").strip(" \x00")
             if any(term.strip() not in _ASCII_COMPATIBLE for term in charset.split("\\")):
                 raise _Unsupported  # e.g. ISO 2022 JIS: the same bytes may not mean the same characters
         if tag in WANTED:
-            raw = data[value_at : value_at + length]
+            raw = bytes(data[value_at : value_at + length])
             if len(raw) != length:
                 raise _Unsupported
             text = raw.decode("ascii")  # non-ASCII (a PatientID in another character set): pydicom decodes it

@@ -36,11 +36,19 @@ from gateway.dicomjson import (
     DicomJson,
 )
 from gateway.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
-from gateway.formdata import SMALL_BODY, split_form
+from gateway.formdata import SMALL_BODY, FormField, split_form
 from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
 from gateway.orthanc import orthanc_id
-from gateway.part10 import PREAMBLE_LENGTH, ZERO_PREAMBLE, InstanceHeader, check_file_structure, read_header
+from gateway.part10 import (
+    PREAMBLE_LENGTH,
+    ZERO_PREAMBLE,
+    InstanceHeader,
+    check_data_structure,
+    check_file_structure,
+    read_header,
+    read_header_data,
+)
 from gateway.profiles import DICOM_JSON
 from gateway.scope import require_patient_access
 from gateway.upstream import UpstreamClient, UpstreamStream
@@ -55,14 +63,58 @@ _UIDS_PER_LOOKUP = 40  # keeps the lookup URL under ~3 KB
 
 
 @dataclass(frozen=True, slots=True)
-class Upload:
-    part: UploadFile
+class FilePart:
+    """One uploaded file: a view of a request body held in memory, or a file spooled by Starlette's parser."""
+
     filename: str
-    header: InstanceHeader
+    data: memoryview | None = None
+    spooled: UploadFile | None = None
 
     @property
     def size(self) -> int:
-        return self.part.size or 0
+        return len(self.data) if self.data is not None else (self.spooled.size or 0) if self.spooled else 0
+
+    @property
+    def blocks(self) -> bool:
+        """Reading it blocks (a file rolled to disk): read it from a worker thread."""
+        return self.spooled is not None and not self.spooled._in_memory
+
+    def header(self) -> InstanceHeader:
+        if self.data is not None:
+            return read_header_data(self.data, self.filename)
+        assert self.spooled is not None
+        return read_header(self.spooled.file, self.filename, check=False)
+
+    def check_structure(self) -> None:
+        if self.data is not None:
+            check_data_structure(self.data, self.filename)
+        else:
+            assert self.spooled is not None
+            check_file_structure(self.spooled.file, self.filename, in_memory=self.spooled._in_memory)
+
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        """The file after its preamble, in pieces of at most `_CHUNK` bytes."""
+        if self.data is not None:
+            yield self.data[PREAMBLE_LENGTH:]
+            return
+        assert self.spooled is not None
+        await self.spooled.seek(PREAMBLE_LENGTH)
+        while chunk := await self.spooled.read(_CHUNK):
+            yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    part: FilePart
+    header: InstanceHeader
+
+    @property
+    def filename(self) -> str:
+        return self.part.filename
+
+    @property
+    def size(self) -> int:
+        return self.part.size
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -96,14 +148,15 @@ class ExamUploads:
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
             raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": self._max_bytes})
         limited = Request(request.scope, _limited(request.receive, self._max_bytes))
-        form = None
+        fields = None
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) <= SMALL_BODY:
-            form = split_form(await limited.body(), content_type, self._max_files)
-        if form is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
+            fields = split_form(await limited.body(), content_type, self._max_files)
+        form = None
+        if fields is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
             form = await limited.form(max_files=self._max_files, max_fields=100)
         series = _SeriesLookups(self._upstream)
         try:
-            uploads = await self._parse(form, caller, series)
+            uploads = await self._parse(_file_parts(fields, form), caller, series)
             for item in uploads:
                 require_patient_access(caller, item.header.patient_id)
             # The duplicate lookup (round trips to the PACS, the first sent while the other headers were read) runs
@@ -126,7 +179,8 @@ class ExamUploads:
             dataset = await self._store(fresh)
         finally:
             await series.aclose()
-            await form.close()
+            if form is not None:
+                await form.close()
         self._point_at_gateway(dataset, fresh)
         if duplicates:
             failed = [*dataset.items(FAILED_SOP_SEQUENCE), *_stow_failures(duplicates).items(FAILED_SOP_SEQUENCE)]
@@ -134,34 +188,21 @@ class ExamUploads:
         note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
         return JSONResponse([dataset.raw], headers={"Cache-Control": "no-store"})
 
-    async def _parse(self, form: FormData, caller: Caller, series: _SeriesLookups) -> list[Upload]:
-        parts: list[tuple[UploadFile, str]] = []
-        for index, (name, value) in enumerate(form.multi_items()):
-            if name != "file":
-                raise BadRequest(f"unexpected form field {name!r}: send the DICOM files as parts named 'file'",
-                                 {"field": name})
-            filename = f"part {index + 1}"
-            if not isinstance(value, UploadFile):
-                raise UnprocessableContent(f"{filename} is a text field, not a file", {"file": filename})
-            parts.append((value, value.filename or filename))
+    async def _parse(self, parts: list[FilePart], caller: Caller, series: _SeriesLookups) -> list[Upload]:
         if not parts:
             raise BadRequest("no DICOM file: send one or more parts named 'file'", {"field": "file"})
-
-        def read(part: UploadFile, name: str) -> InstanceHeader:
-            return read_header(part.file, name, check=False)
-
         # Files spooled to disk are read in one trip to a worker thread (their reads block); in-memory ones here, a
         # thread hop costs more. The first file's series is looked up while the other headers are read.
-        in_memory = all(part._in_memory for part, _ in parts)
-        first = read(*parts[0]) if in_memory else await run_in_threadpool(read, *parts[0])
+        blocking = any(part.blocks for part in parts)
+        first = await run_in_threadpool(parts[0].header) if blocking else parts[0].header()
         if self._looks_up_series() and _may_touch(caller, first.patient_id):
             series.start(first)
         rest = parts[1:]
-        if in_memory:
-            headers = [first, *(read(part, name) for part, name in rest)]
+        if blocking:
+            headers = [first, *await run_in_threadpool(lambda: [part.header() for part in rest])]
         else:
-            headers = [first, *await run_in_threadpool(lambda: [read(part, name) for part, name in rest])]
-        return [Upload(part, name, header) for (part, name), header in zip(parts, headers, strict=True)]
+            headers = [first, *(part.header() for part in rest)]
+        return [Upload(part, header) for part, header in zip(parts, headers, strict=True)]
 
     def _looks_up_series(self) -> bool:
         profile = self._upstream.profile
@@ -170,12 +211,12 @@ class ExamUploads:
     async def _check_structures(self, uploads: list[Upload]) -> None:
         def check_all() -> None:
             for item in uploads:
-                check_file_structure(item.part.file, item.filename, in_memory=item.part._in_memory)
+                item.part.check_structure()
 
-        if all(item.part._in_memory for item in uploads):
-            check_all()
-        else:
+        if any(item.part.blocks for item in uploads):
             await run_in_threadpool(check_all)
+        else:
+            check_all()
 
     async def _split_duplicates(
         self, uploads: list[Upload], caller: Caller, series: _SeriesLookups
@@ -232,27 +273,27 @@ class ExamUploads:
         length = sum(len(h) + item.size + len(PART_SEPARATOR) for h, item in zip(heads, uploads, strict=True))
         length += len(closing)
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes | memoryview]:
             # Small pieces are gathered into writes of up to 1 MiB: one socket write per piece would cost more CPU
             # than the bytes themselves for small instances.
             pending = bytearray()
             for head, item in zip(heads, uploads, strict=True):
                 pending += head
                 pending += ZERO_PREAMBLE  # PS3.10 §7.1: the preamble as the gateway stores it
-                await item.part.seek(PREAMBLE_LENGTH)
-                while chunk := await item.part.read(_CHUNK):
-                    if not pending and len(chunk) == _CHUNK:
-                        yield chunk  # a large file's middle: no copy
-                        continue
+                async for chunk in item.part.chunks():
+                    if len(pending) + len(chunk) > _CHUNK:
+                        if pending:
+                            yield bytes(pending)
+                            pending.clear()
+                        if len(chunk) >= _CHUNK // 2:
+                            yield chunk  # a large piece goes as it is, not copied
+                            continue
                     pending += chunk
-                    if len(pending) >= _CHUNK:
-                        yield bytes(pending)
-                        pending.clear()
                 pending += PART_SEPARATOR
             pending += closing
             yield bytes(pending)
 
-        content: bytes | AsyncIterator[bytes] = body()
+        content: bytes | AsyncIterator[bytes | memoryview] = body()
         if length <= _CHUNK:  # small: one buffer, one write upstream (aiohttp warns about larger byte bodies)
             content = b"".join([chunk async for chunk in body()])
         response = await self._upstream.open_stream(
@@ -287,6 +328,30 @@ class ExamUploads:
             dataset.set_string(RETRIEVE_URL, "UR", self._links.study(study_uid, patient_id))
         else:
             dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
+
+
+def _file_parts(fields: list[FormField] | None, form: FormData | None) -> list[FilePart]:
+    """The uploaded files, in order; 400 for a field not named `file`, 422 for a text field."""
+    items: list[tuple[str, str | None, memoryview | UploadFile | str]]
+    if fields is not None:
+        items = [(f.name, f.filename, f.value if f.filename is not None else "") for f in fields]
+    else:
+        assert form is not None
+        items = [(name, value.filename if isinstance(value, UploadFile) else None, value)
+                 for name, value in form.multi_items()]
+    parts: list[FilePart] = []
+    for index, (name, filename, value) in enumerate(items):
+        if name != "file":
+            raise BadRequest(f"unexpected form field {name!r}: send the DICOM files as parts named 'file'",
+                             {"field": name})
+        fallback = f"part {index + 1}"
+        if isinstance(value, str):
+            raise UnprocessableContent(f"{fallback} is a text field, not a file", {"file": fallback})
+        if isinstance(value, memoryview):
+            parts.append(FilePart(filename or fallback, data=value))
+        else:
+            parts.append(FilePart(filename or fallback, spooled=value))
+    return parts
 
 
 def _may_touch(caller: Caller, patient_id: str) -> bool:

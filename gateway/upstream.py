@@ -231,7 +231,7 @@ class UpstreamClient:
         operation: str,
         params: Iterable[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        content: bytes | AsyncIterator[bytes] | None = None,
+        content: bytes | AsyncIterator[bytes] | AsyncIterator[bytes | memoryview] | None = None,
     ) -> UpstreamStream:
         """Send a request and return once the answer's headers are in; the caller streams the body and must
         `aclose()` the stream (a streamed body outlives the handler, so no context manager fits)."""

@@ -6,7 +6,7 @@ import pytest
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from gateway.formdata import split_form
+from gateway.formdata import FormField, split_form
 
 B = "b0und4ry"
 
@@ -42,6 +42,10 @@ async def starlette_form(body: bytes) -> FormData:
     return await Request(scope, receive).form()
 
 
+def fields_as_list(fields: list[FormField]) -> list[tuple[str, str | tuple[str | None, bytes]]]:
+    return [(f.name, bytes(f.value).decode() if f.filename is None else (f.filename, bytes(f.value))) for f in fields]
+
+
 async def as_list(form: FormData) -> list[tuple[str, str | tuple[str | None, bytes]]]:
     out: list[tuple[str, str | tuple[str | None, bytes]]] = []
     for key, value in form.multi_items():
@@ -60,11 +64,9 @@ async def test_split_agrees_with_starlette(name: str) -> None:
     theirs = await starlette_form(body)
     try:
         assert mine is not None
-        assert await as_list(mine) == await as_list(theirs)
+        assert fields_as_list(mine) == await as_list(theirs)
     finally:
         await theirs.close()
-        if mine is not None:
-            await mine.close()
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
@@ -72,6 +74,6 @@ def test_split_declines_what_it_does_not_understand(name: str) -> None:
     assert split_form(BROKEN[name], f"multipart/form-data; boundary={B}", max_files=10) is None
 
 
-def test_split_declines_without_a_boundary_and_above_max_files() -> None:  # and closes what it made
+def test_split_declines_without_a_boundary_and_above_max_files() -> None:
     assert split_form(BODIES["one file"], "multipart/form-data", max_files=10) is None
     assert split_form(BODIES["two files"], f"multipart/form-data; boundary={B}", max_files=1) is None
