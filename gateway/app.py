@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from gateway import docs, exams, health, uids
+from gateway import docs, exams, health, uids, workitems
 from gateway.auth import build_authenticator
 from gateway.dicom import UidGenerator
 from gateway.errors import EXCEPTION_HANDLERS
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes(upstream, metrics),
         *exams.routes(upstream, authenticator, uploads, links),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
+        *workitems.routes(upstream, authenticator, UidGenerator(settings.dicom_uid_root), settings),
         *docs.routes(),
     ]
 

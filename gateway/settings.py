@@ -14,6 +14,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.dicom import UidRootError, validate_uid_root
+from gateway.vr import VrError, ae
 
 
 class PacsProfileName(StrEnum):
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     dicom_uid_root: str = "2.25"
     public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8080")
 
+    # --- worklist (UPS-RS) ---------------------------------------------------------------------------------------
+    # The AE title the gateway names as requester in cancel requests (dcm4chee requires one).
+    pacs_requester_aet: str = "DICOMGATEWAY"
+    worklist_priority: Literal["HIGH", "MEDIUM", "LOW"] = "MEDIUM"
+    worklist_input_readiness: Literal["INCOMPLETE", "UNAVAILABLE", "READY"] = "READY"
+    worklist_label: str = Field(default="WORKLIST", min_length=1, max_length=64)
+
     # --- exams ------------------------------------------------------------------------------------------------------
     exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
     exams_max_files: int = Field(default=1000, ge=1)
@@ -84,6 +92,14 @@ class Settings(BaseSettings):
     auth_clock_skew_s: int = Field(default=30, ge=0, le=300)
     auth_jwks_cache_s: float = Field(default=300.0, ge=0)
     auth_jwks_min_refetch_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("pacs_requester_aet")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        try:
+            return ae(value)
+        except VrError as exc:
+            raise ValueError(f"an AE title: {exc}") from None
 
     @field_validator("log_level", "log_format", "pacs_profile", "auth_mode", mode="before")
     @classmethod

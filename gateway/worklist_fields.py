@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway import vr
 from gateway.errors import BadRequest
+from gateway.qido import MATCHING_CHARACTERS
 
 # Sequences whose single item gathers several fields.
 REFERENCED_REQUEST = "0040A370"  # Referenced Request Sequence
@@ -39,6 +40,14 @@ def _pregnancy(value: Any) -> int:
     return vr.us(int(value), frozenset({1, 2, 3, 4}))
 
 
+def _patient_id(value: str) -> str:
+    """LO, and matchable exactly later: a workitem is found again by its PatientID."""
+    value = vr.lo(value)
+    if MATCHING_CHARACTERS.intersection(value):
+        raise vr.VrError("no wildcards (* ?) or lists (,): the workitem must be found again by this exact ID")
+    return value
+
+
 def _sex(value: str) -> str:
     value = vr.cs(value)
     if value not in ("M", "F", "O"):
@@ -47,7 +56,7 @@ def _sex(value: str) -> str:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("PatientID", "LO", vr.lo, True, "Patient ID (0010,0020)", ("00100020",)),
+    Field("PatientID", "LO", _patient_id, True, "Patient ID (0010,0020)", ("00100020",)),
     Field("PatientName", "PN", vr.pn, True, "Patient's Name (0010,0010)", ("00100010",)),
     Field("ScheduledStationAETitle", "AE", vr.ae, True,
           "Scheduled Station Name Code Sequence (0040,4025) > Code Value (0008,0100)",
