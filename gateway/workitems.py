@@ -122,7 +122,8 @@ def _upstream_message(answer: UpstreamAnswer) -> str:
     """The PACS's reason: Microsoft sends a JSON string body, dcm4chee and PS3.18 a `Warning: 299 ...` header."""
     warning = answer.headers.get("Warning", "")
     if warning:
-        return warning.split(":", 1)[-1].strip() if warning.startswith("299 ") else warning
+        # `299 {agent}: {text}` (PS3.18 §8.6.3); the agent is often a URL, so split at the first ": ".
+        return warning.split(": ", 1)[-1].strip().strip('"') if warning.startswith("299 ") else warning
     try:
         payload = json.loads(answer.content) if answer.content else ""
     except ValueError:

@@ -221,6 +221,23 @@ async def test_bodies_that_are_not_one_json_object(content: bytes, content_type:
         assert s.ups.requests == []
 
 
+async def test_a_refusal_by_the_pacs_is_422_with_its_reason_in_each_error_style(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:  # a rule of the real server that the gateway does not know
+        raise ups_simulator.UpsReject(400, "Station NGV is closed on Saturdays")
+
+    monkeypatch.setattr(UpsSimulator, "_check_enumerations", staticmethod(refuse))
+    monkeypatch.setattr(UpsSimulator, "_check_common_create", refuse)
+    async with stack(profile) as s:
+        answer = await s.create(seed(profile))
+        assert answer.status_code == 422, answer.text
+        details = answer.json()["error"]["details"]
+        assert details["upstream_status"] == 400
+        assert details["upstream_message"] == "Station NGV is closed on Saturdays"
+        assert s.ups.workitems == {}
+
+
 async def test_unknown_fields_are_refused_by_name() -> None:
     async with stack("standard") as s:
         answer = await s.create({**SEED, "Colour": "blue"})
