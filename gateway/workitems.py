@@ -160,10 +160,12 @@ class Worklist:
                 values, dialect=dialect.name, study_uid=study_uid,
                 priority=self._settings.worklist_priority, input_readiness=self._settings.worklist_input_readiness,
                 worklist_label=self._settings.worklist_label,
+                unknown_birth_date=self._settings.worklist_unknown_birth_date,
             )
         except MissingForDialect as exc:
             raise BadRequest(
-                f"this PACS ({dialect.name}) needs {', '.join(exc.fields)} for a workitem",
+                f"this PACS ({dialect.name}) needs {', '.join(exc.fields)} for a workitem (or set "
+                "WORKLIST_UNKNOWN_BIRTH_DATE to a placeholder)",
                 {"fields": [{"field": name, "message": "required by this PACS"} for name in exc.fields]},
             ) from None
         if await self._workitems_of_study(study_uid):

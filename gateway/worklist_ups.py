@@ -1,9 +1,9 @@
 """Building the UPS-RS create dataset (PS3.18 §11.4, PS3.4 Table CC.2.5-3) from validated workitem fields.
 
-Work in progress for the worklist (issue 4): the routes are not wired yet. What differs per upstream dialect is
-chosen by `dialect`: `standard` (PS3.18 as written: Type 2 attributes present, TransactionUID present and empty),
-`azure` (as standard, plus the attributes Microsoft's validator requires with values, and TypeOfInstances with a
-ReferencedSOPSequence at top level), `dcm4chee` (no SOP Class/Instance UID in the body, no Type 2 requirement).
+Used by `gateway.workitems`. What differs per upstream dialect is chosen by `dialect`: `standard` (PS3.18 as
+written: Type 2 attributes present, TransactionUID present and empty), `azure` (as standard, plus the attributes
+Microsoft's validator requires with values, and TypeOfInstances with a ReferencedSOPSequence at top level),
+`dcm4chee` (no SOP Class/Instance UID in the body, no Type 2 requirement).
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 
 def build_create(values: dict[str, Any], *, dialect: str, study_uid: str, priority: str = "MEDIUM",
-                 input_readiness: str = "READY", worklist_label: str = "WORKLIST") -> Dataset:
+                 input_readiness: str = "READY", worklist_label: str = "WORKLIST",
+                 unknown_birth_date: str | None = None) -> Dataset:
     """The UPS dataset for a create, without the workitem UID (the dialect says where it goes)."""
     description = values["ScheduledProcedureStepDescription"]
     start = values["ScheduledProcedureStepStartDate"] + values["ScheduledProcedureStepStartTime"]
@@ -147,7 +148,9 @@ def build_create(values: dict[str, Any], *, dialect: str, study_uid: str, priori
         if "Value" not in ups[tag]:
             ups[tag] = element(vr, default)
     if "Value" not in ups["00100030"]:
-        raise MissingForDialect(["PatientBirthDate"])
+        if unknown_birth_date is None:  # a birth date is not made up unless the operator chose a placeholder
+            raise MissingForDialect(["PatientBirthDate"])
+        ups["00100030"] = element("DA", unknown_birth_date)
     ups["0040E020"] = element("CS", "DICOM")  # Type of Instances, with the Referenced SOP Sequence below
     ups["00081199"] = element("SQ", {"00081150": element("UI", "1.2.840.10008.5.1.4.1.1.7"),
                                      "00081155": element("UI", study_uid)})

@@ -153,6 +153,22 @@ async def test_every_optional_field_lands_in_its_place(profile: str) -> None:
         assert first(item, "00404025", "00080104") == "CT room 1"
 
 
+async def test_azure_takes_the_seed_as_is_with_a_placeholder_birth_date_chosen_by_the_operator() -> None:
+    async with stack("azure", worklist_unknown_birth_date="19000101") as s:
+        created = await s.create(SEED)
+        assert created.status_code == 200, created.text
+        item = created.json()
+        assert first(item, "00100030") == "19000101"
+        assert first(item, "00100020") == "SDJ38WMD1MS01"
+        assert first(item, "00404005") == "20000101120000"
+        listed = await s.client.get("/workitems", params={"patientID": "SDJ38WMD1MS01"}, headers=clinician())
+        assert listed.json() == [item]
+        again = await s.create({**SEED, "StudyInstanceUID": first(item, "0020000D")})
+        assert again.status_code == 409
+        given = await s.create({**SEED, "AccessionNumber": "B2", "PatientBirthDate": "19800101"})
+        assert first(given.json(), "00100030") == "19800101"  # a given date always wins
+
+
 async def test_azure_without_a_birth_date_is_refused_before_the_upstream() -> None:
     async with stack("azure") as s:
         refused = await s.create(SEED)
@@ -192,10 +208,10 @@ async def test_a_missing_required_field_is_named_and_nothing_reaches_the_upstrea
     ("AccessionNumber", 12345, "string"),
     ("PregnancyStatus", 7, "US"),
 ])
-async def test_an_invalid_value_is_named_and_nothing_reaches_the_upstream(field: str, value: Any,
+async def test_an_invalid_value_is_named_and_nothing_reaches_the_upstream(profile: str, field: str, value: Any,
                                                                            fragment: str) -> None:
-    async with stack("standard") as s:
-        answer = await s.create(seed("standard", **{field: value}))
+    async with stack(profile) as s:
+        answer = await s.create(seed(profile, **{field: value}))
         assert answer.status_code == 400, answer.text
         [problem] = answer.json()["error"]["details"]["fields"]
         assert problem["field"] == field
@@ -212,8 +228,9 @@ async def test_an_invalid_value_is_named_and_nothing_reaches_the_upstream(field:
     (json.dumps(SEED).encode(), "text/plain", 415),
     (b"{" + b" " * (3 * 1024 * 1024) + b"}", "application/json", 413),
 ])
-async def test_bodies_that_are_not_one_json_object(content: bytes, content_type: str, status: int) -> None:
-    async with stack("standard") as s:
+async def test_bodies_that_are_not_one_json_object(profile: str, content: bytes, content_type: str,
+                                                   status: int) -> None:
+    async with stack(profile) as s:
         answer = await s.client.post("/workitems", content=content,
                                      headers={"Content-Type": content_type, **clinician()})
         assert answer.status_code == status
@@ -288,8 +305,8 @@ async def test_search_filters(profile: str) -> None:
     {"ScheduledProcedureStepStartDate": "20240102-20240101"}, {"ProcedureStepState": "DONE"},
     {"AccessionNumber": "A*"}, {"Colour": "blue"}, {"patientID": ["A", "B"]},
 ])
-async def test_search_refuses_bad_parameters(params: dict[str, Any]) -> None:
-    async with stack("standard") as s:
+async def test_search_refuses_bad_parameters(profile: str, params: dict[str, Any]) -> None:
+    async with stack(profile) as s:
         answer = await s.client.get("/workitems", params=params, headers=clinician())
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["details"]["parameter"]
@@ -392,8 +409,8 @@ async def test_a_patient_works_only_on_their_own_workitems(profile: str) -> None
         assert cancelled.status_code == 204
 
 
-async def test_no_token_is_401() -> None:
-    async with stack("standard") as s:
+async def test_no_token_is_401(profile: str) -> None:
+    async with stack(profile) as s:
         assert (await s.client.get("/workitems")).status_code == 401
         assert (await s.client.post("/workitems", json=SEED)).status_code == 401
         assert (await s.client.delete("/workitems/1.2.3")).status_code == 401
