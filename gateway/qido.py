@@ -112,8 +112,8 @@ def parse_search(params: QueryParams, level: Level) -> SearchQuery:
         patient_id=parse_patient_id(params),
         filters=tuple(filters),
         includefields=parse_includefields(params.getlist("includefield")),
-        limit=_integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
+        limit=integer_parameter(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        offset=integer_parameter(params, "offset", 0, 0, MAX_OFFSET),
     )
 
 
@@ -132,7 +132,7 @@ def parse_includefields(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(fields)
 
 
-def _integer(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
+def integer_parameter(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
     raw = single(params, name)
     if raw is None:
         return default

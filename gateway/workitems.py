@@ -36,7 +36,7 @@ from gateway.errors import (
     UnsupportedMediaType,
     UpstreamFailed,
 )
-from gateway.qido import PATIENT_ID_SPELLINGS, bad_parameter, validate_patient_id
+from gateway.qido import PATIENT_ID_SPELLINGS, bad_parameter, integer_parameter, single, validate_patient_id
 from gateway.scope import EXAMS_ROLES, require_patient_access
 from gateway.settings import PacsProfileName, Settings
 from gateway.upstream import UpstreamAnswer, UpstreamClient
@@ -221,19 +221,19 @@ class Worklist:
         query: list[tuple[str, str]] = []
         if patient_id is not None:
             query.append(("PatientID", patient_id))
-        accession = _single(params, "AccessionNumber")
+        accession = single(params, "AccessionNumber")
         if accession is not None:
             query.append((SEARCH_KEYS["AccessionNumber"], _exact_text("AccessionNumber", accession, 16)))
-        date = _single(params, "ScheduledProcedureStepStartDate")
+        date = single(params, "ScheduledProcedureStepStartDate")
         if date is not None:
             query.append((SEARCH_KEYS["ScheduledProcedureStepStartDate"], _date_range(date)))
-        state = _single(params, "ProcedureStepState")
+        state = single(params, "ProcedureStepState")
         if state is not None:
             if state not in STATES:
                 raise bad_parameter("ProcedureStepState", f"one of {', '.join(STATES)}")
             query.append(("ProcedureStepState", state))
-        limit = _integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        offset = _integer(params, "offset", 0, 0, MAX_OFFSET)
+        limit = integer_parameter(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        offset = integer_parameter(params, "offset", 0, 0, MAX_OFFSET)
         found = await self._search(query, limit=limit, offset=offset)
         if patient_id is not None:  # defence in depth: exact equality, whatever the PACS's matching rules
             found = [ds for ds in found if _first(ds, PATIENT_ID) == patient_id]
@@ -317,13 +317,6 @@ async def _json_body(request: Request) -> Any:
         raise BadRequest("the body is not valid JSON", {"fields": []}) from None
 
 
-def _single(params: QueryParams, name: str) -> str | None:
-    values = params.getlist(name)
-    if len(values) > 1:
-        raise bad_parameter(name, "given more than once")
-    return values[0] if values else None
-
-
 def _optional_patient_id(params: QueryParams) -> str | None:
     given = {value for name in PATIENT_ID_SPELLINGS for value in params.getlist(name)}
     if not given:
@@ -363,15 +356,6 @@ def _date_range(value: str) -> str:
     if low and high and low > high:
         raise bad_parameter(name, "the range ends before it starts")
     return f"{low + '000000' if low else ''}-{high + '235959' if high else ''}"
-
-
-def _integer(params: QueryParams, name: str, default: int, low: int, high: int) -> int:
-    value = _single(params, name)
-    if value is None:
-        return default
-    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
-        raise bad_parameter(name, f"an integer from {low} to {high}")
-    return int(value)
 
 
 def routes(
