@@ -10,14 +10,18 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from gateway import docs, exams, health, uids, workitems
+from gateway import callbacks, docs, exams, health, uids, workitems
 from gateway.auth import build_authenticator
+from gateway.db import create_engine, migrate
+from gateway.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.dicom import UidGenerator
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.events_store import EventStore
 from gateway.links import ExamLinks
 from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
+from gateway.new_exams import OrthancChangeFollower
 from gateway.part10 import configure_pydicom
 from gateway.profiles import profile_for
 from gateway.settings import AuthMode, Settings
@@ -38,11 +42,26 @@ def create_app(settings: Settings) -> Starlette:
 
     links = ExamLinks(str(settings.public_base_url))
     uploads = ExamUploads(upstream, links, settings.exams_max_upload_bytes, settings.exams_max_files)
+    engine = create_engine(settings.database_url)
+    store = EventStore(engine)
+    subscribers = settings.subscribers
+    secret = settings.callback_signing_secret
+    worker = DeliveryWorker(store, subscribers, DeliveryPolicy(
+        timeout_s=settings.callback_timeout_s, max_attempts=settings.callback_max_attempts,
+        backoff_base_s=settings.callback_backoff_base_s, max_backoff_s=settings.callback_max_backoff_s,
+        lease_s=settings.callback_lease_s, poll_s=settings.callback_poll_s, concurrency=settings.callback_concurrency,
+        signing_secret=secret.get_secret_value().encode() if secret else None,
+    ))
+    token = settings.callback_auth_token
+    hooks = callbacks.Callbacks(store, worker, subscribers, authenticator, token.get_secret_value() if token else None)
+    follower = (OrthancChangeFollower(upstream, store, subscribers, settings.new_exam_poll_s, worker.wake)
+                if settings.new_exam_detection == "orthanc-changes" else None)
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
         *exams.routes(upstream, authenticator, uploads, links),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
         *workitems.routes(upstream, authenticator, UidGenerator(settings.dicom_uid_root), settings),
+        *callbacks.routes(hooks, authenticator),
         *docs.routes(),
     ]
 
@@ -51,10 +70,19 @@ def create_app(settings: Settings) -> Starlette:
         if settings.auth_mode is AuthMode.NONE:
             log.warning("auth_disabled", message="AUTH_MODE=none: every caller is a clinician; development only")
         log.info("gateway_started", upstream=profile.name.value, auth_mode=settings.auth_mode.value)
+        await migrate(engine)  # the schema is current before the first request (Alembic; idempotent)
         async with upstream:
+            await worker.start()
+            if follower is not None:
+                await follower.start()
             try:
                 yield
             finally:
+                # Stop producing, then deliver or release what is in flight, then close (SIGTERM ends up here).
+                if follower is not None:
+                    await follower.stop()
+                await worker.stop()
+                await engine.dispose()
                 await authenticator.aclose()
                 log.info("gateway_stopped")
 
@@ -69,4 +97,5 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.upstream = upstream  # for tests that drive the real client through the real app
+    app.state.events = store
     return app

@@ -53,3 +53,5 @@ def configure_logging(level: LogLevel, fmt: LogFormat) -> None:
     # httpx logs every request URL at info, and URLs carry patient IDs in QIDO queries: keep them at debug only.
     logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
     logging.getLogger("httpcore").setLevel(max(numeric, logging.WARNING))
+    # Alembic narrates every start ("Context impl ...") at info: only its warnings are worth a line.
+    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))

@@ -6,6 +6,7 @@ module reads the environment: `create_app(settings)` receives this object and pa
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.db import async_url
 from gateway.dicom import UidRootError, validate_uid_root
 from gateway.vr import VrError, ae, da
 
@@ -75,6 +77,25 @@ class Settings(BaseSettings):
     # given. Unset, such a create is refused with 400 (the gateway does not make one up).
     worklist_unknown_birth_date: str | None = None
 
+    # --- new-exam callbacks ----------------------------------------------------------------------------------------
+    database_url: str = "sqlite:///./data/gateway.db"
+    callback_urls: str = ""  # comma-separated subscriber URLs
+    callback_auth_token: SecretStr | None = None
+    callback_signing_secret: SecretStr | None = None
+    callback_timeout_s: float = Field(default=5.0, gt=0)
+    callback_max_attempts: int = Field(default=10, ge=1)
+    callback_backoff_base_s: float = Field(default=1.0, gt=0)
+    callback_max_backoff_s: float = Field(default=300.0, gt=0)
+    callback_lease_s: float = Field(default=60.0, gt=0)
+    callback_poll_s: float = Field(default=0.5, gt=0)
+    callback_concurrency: int = Field(default=4, ge=1, le=100)
+    new_exam_detection: Literal["none", "orthanc-changes"] = "none"
+    new_exam_poll_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def subscribers(self) -> list[str]:
+        return [url.strip() for url in self.callback_urls.split(",") if url.strip()]
+
     # --- exams ------------------------------------------------------------------------------------------------------
     exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
     exams_max_files: int = Field(default=1000, ge=1)
@@ -105,6 +126,23 @@ class Settings(BaseSettings):
             return da(value)
         except VrError as exc:
             raise ValueError(f"a date YYYYMMDD: {exc}") from None
+
+    @field_validator("callback_urls")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        for url in (part.strip() for part in value.split(",")):
+            if url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", url):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        try:
+            async_url(value)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad setting
+            raise ValueError(f"a sqlite:///... or postgresql://... URL ({exc})") from None
+        return value
 
     @field_validator("pacs_requester_aet")
     @classmethod
@@ -138,7 +176,17 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         self._check_upstream_auth()
         self._check_inbound_auth()
+        self._check_callbacks()
         return self
+
+    def _check_callbacks(self) -> None:
+        if self.callback_lease_s <= self.callback_timeout_s:
+            raise ValueError("CALLBACK_LEASE_S must be longer than CALLBACK_TIMEOUT_S (a lease covers one attempt)")
+        token = self.callback_auth_token
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("CALLBACK_AUTH_TOKEN must be at least 16 characters")
+        if self.new_exam_detection == "orthanc-changes" and self.pacs_profile is not PacsProfileName.ORTHANC:
+            raise ValueError("NEW_EXAM_DETECTION=orthanc-changes needs PACS_PROFILE=orthanc")
 
     def _check_upstream_auth(self) -> None:
         if (self.pacs_username is None) != (self.pacs_password is None):

@@ -251,16 +251,19 @@ class UpstreamClient:
 
     async def native_resource(self, kind: str, resource_id: str) -> Any:
         """Orthanc's JSON description of `/{kind}/{resource_id}` (native API; see `gateway.orthanc`), or None."""
+        return await self.native_json(f"{kind}/{resource_id}")
+
+    async def native_json(self, path: str, operation: str = "native_lookup") -> Any:
+        """The JSON answer of Orthanc's native `GET /{path}` (`path` already encoded, query included), None on 404."""
         session = self._opened()
         sent = await self._headers({"Accept": "application/json"})
         started = time.perf_counter()
-        with upstream_errors("native_lookup", self.metrics):
-            async with session.get(URL(f"{self.native_url}{kind}/{resource_id}", encoded=True),
-                                   headers=sent) as response:
+        with upstream_errors(operation, self.metrics):
+            async with session.get(URL(f"{self.native_url}{path}", encoded=True), headers=sent) as response:
                 body = await response.read()
-        self._record("native_lookup", response.status, started)
+        self._record(operation, response.status, started)
         self._note_rejection(response.status, sent)
-        check_upstream_status(response.status, "native_lookup")
+        check_upstream_status(response.status, operation)
         if response.status == 404:
             return None
         unexpected = UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": response.status})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,10 +24,17 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
 from tests.orthanc import Orthanc
+from tests.postgres import Postgres
 from tests.recorder import RecordingProxy
 from tests.servers import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Apps built by the tests store callback events in one SQLite file of this test run (not ./data of the checkout),
+# unless a test names its own DATABASE_URL; `dicom-gateway serve` subprocesses inherit it through gateway_env.
+_TEST_DATA = Path(tempfile.mkdtemp(prefix="dicom-gateway-tests-"))
+atexit.register(shutil.rmtree, _TEST_DATA, ignore_errors=True)
+os.environ["DATABASE_URL"] = f"sqlite:///{_TEST_DATA / 'gateway.db'}"
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +51,23 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 @pytest.fixture(scope="session")
 def orthanc_url(orthanc: Orthanc) -> str:
     return orthanc.dicomweb_url
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """The session's PostgreSQL, on a free port, stopped (and waited for) at the end of the run."""
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    """A fresh, empty database of the session's PostgreSQL."""
+    return postgres.new_database()
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +147,7 @@ def issuer() -> TokenIssuer:
 
 def gateway_env(**settings: str) -> dict[str, str]:
     """Environment for a `dicom-gateway serve` subprocess: this process's, without any inherited gateway settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "CALLBACK_", "NEW_EXAM_"))}
     env.update({k.upper(): v for k, v in settings.items()})
     return env

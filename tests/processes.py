@@ -61,6 +61,12 @@ class GatewayProcess:
                 self._process.wait()
         return self._process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup (what a crash or an OOM kill does)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

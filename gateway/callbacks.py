@@ -1,0 +1,225 @@
+"""`/new-exam-callback`: a PACS reports a new exam; the gateway stores the event and fans it out (gateway.delivery).
+
+`POST /new-exam-callback` answers 204 only once the event and its deliveries are committed. Callers: a token with the
+`pacs` role, or a PACS that can only send a fixed header: `Authorization: Bearer <CALLBACK_AUTH_TOKEN>` or
+`X-Callback-Token: <CALLBACK_AUTH_TOKEN>` (compared in constant time). Clinicians read the stored events and their
+delivery state, and may ask for an event to be delivered again.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import Authenticator, Caller, Role, guarded
+from gateway.delivery import DeliveryWorker
+from gateway.dicom import is_valid_uid
+from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from gateway.events_store import EventStore, NewEvent, StoredEvent
+from gateway.qido import bad_parameter, integer_parameter, single
+
+MAX_BODY_BYTES = 1024 * 1024
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+Text = Annotated[StrictStr, Field(max_length=1024)]
+Texts = list[Annotated[StrictStr, Field(max_length=64)]]
+Count = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
+
+
+def _date(value: str | None) -> str | None:
+    if value is None or value == "":
+        return value
+    if not (len(value) == 8 and value.isascii() and value.isdigit()):
+        raise ValueError("a date YYYYMMDD")
+    try:
+        datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        raise ValueError("not a real date") from None
+    return value
+
+
+class NewExamEvent(BaseModel):
+    """The callback body: known fields are type-checked, unknown ones kept as sent."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    SourceID: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    StudyInstanceUID: StrictStr
+    EventType: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    AccessionNumber: Text | None = None
+    PatientID: Annotated[StrictStr, Field(max_length=64)] | None = None
+    NumberOfStudyRelatedSeries: Count | None = None
+    NumberOfStudyRelatedInstances: Count | None = None
+    ModalitiesInStudy: Texts | None = None
+    AeTitles: Texts | None = None
+    StationNames: Texts | None = None
+    StudyDate: StrictStr | None = None
+    StudyTime: StrictStr | None = None
+    StudyID: Text | None = None
+    ReferringPhysicianName: Text | None = None
+    StudyDescription: Text | None = None
+    PatientName: Text | None = None
+    PatientBirthDate: StrictStr | None = None
+    PatientSex: Annotated[StrictStr, Field(max_length=16)] | None = None
+
+    @field_validator("StudyInstanceUID")
+    @classmethod
+    def _uid(cls, value: str) -> str:
+        if not is_valid_uid(value):
+            raise ValueError("a DICOM UID: 1-64 digits and dots, no leading zeros")
+        return value
+
+    @field_validator("StudyDate", "PatientBirthDate")
+    @classmethod
+    def _dates(cls, value: str | None) -> str | None:
+        return _date(value)
+
+    @field_validator("StudyTime")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value and not _TIME.fullmatch(value):
+            raise ValueError("a time HHMMSS[.FFFFFF]")
+        return value
+
+
+def parse_event(body: Any) -> NewEvent:
+    """The event to store from a callback body; 400 with one detail per offending field."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", {"fields": []})
+    try:
+        checked = NewExamEvent.model_validate(body)
+    except ValidationError as exc:
+        problems = [{"field": ".".join(str(p) for p in error["loc"]) or "(body)", "message": error["msg"]}
+                    for error in exc.errors(include_url=False, include_input=False)]
+        raise BadRequest("the event is not valid", {"fields": problems}) from None
+    return NewEvent(origin="callback", source_id=checked.SourceID, study_instance_uid=checked.StudyInstanceUID,
+                    patient_id=checked.PatientID, event_type=checked.EventType, body=body)
+
+
+def event_json(event: StoredEvent) -> dict[str, Any]:
+    def when(seconds: float | None) -> str | None:
+        return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+    return {
+        "id": event.id,
+        "receivedAt": when(event.received_at),
+        "origin": event.origin,
+        "sourceId": event.source_id,
+        "studyInstanceUID": event.study_instance_uid,
+        "eventType": event.event_type,
+        "event": event.body,
+        "deliveries": [{**d, "nextAttemptAt": when(d["nextAttemptAt"]), "deliveredAt": when(d["deliveredAt"])}
+                       for d in event.deliveries],
+    }
+
+
+class Callbacks:
+    def __init__(self, store: EventStore, worker: DeliveryWorker, subscribers: list[str],
+                 authenticator: Authenticator, auth_token: str | None) -> None:
+        self._store = store
+        self._worker = worker
+        self._subscribers = subscribers
+        self._authenticator = authenticator
+        self._token = auth_token.encode() if auth_token else None
+
+    def _fixed_token(self, request: Request) -> bool:
+        if self._token is None:
+            return False
+        offered = request.headers.get("x-callback-token", "")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if not offered and scheme.lower() == "bearer":
+            offered = credentials.strip()
+        return bool(offered) and hmac.compare_digest(offered.encode(), self._token)
+
+    async def post(self, request: Request) -> Response:
+        if not self._fixed_token(request):
+            caller = await self._authenticator.authenticate(request)
+            if Role.PACS not in caller.roles:
+                raise Forbidden("the token does not grant access to this resource", {"required_roles": ["pacs"]})
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType("POST /new-exam-callback takes application/json", {"content_type": content_type})
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise PayloadTooLarge("the event is larger than the gateway accepts", {"limit_bytes": MAX_BODY_BYTES})
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise PayloadTooLarge("the event is larger than the gateway accepts", {"limit_bytes": MAX_BODY_BYTES})
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not valid JSON", {"fields": []}) from None
+        event = parse_event(payload)
+        event_id, created = await self._store.add(event, self._subscribers)  # committed before the answer
+        if created:
+            self._worker.wake()
+        return Response(status_code=204, headers={"X-Event-Id": str(event_id)})
+
+    async def list_events(self, request: Request, caller: Caller) -> Response:
+        params = request.query_params
+        allowed = {"StudyInstanceUID", "PatientID", "since", "limit", "offset"}
+        unknown = sorted(set(params.keys()) - allowed)
+        if unknown:
+            raise BadRequest(f"unknown parameter {unknown[0]}", {"parameter": unknown[0], "allowed": sorted(allowed)})
+        study = single(params, "StudyInstanceUID")
+        if study is not None and not is_valid_uid(study):
+            raise bad_parameter("StudyInstanceUID", "not a valid UID")
+        patient = single(params, "PatientID")
+        if patient is not None and not 1 <= len(patient) <= 64:
+            raise bad_parameter("PatientID", "1-64 characters")
+        since = single(params, "since")
+        since_s = None
+        if since is not None:
+            try:
+                parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            except ValueError:
+                raise bad_parameter("since", "an ISO 8601 date or date-time, e.g. 2026-11-22T10:00:00Z") from None
+            since_s = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        found = await self._store.list_events(
+            study_instance_uid=study, patient_id=patient, since=since_s,
+            limit=integer_parameter(params, "limit", 100, 1, 1000),
+            offset=integer_parameter(params, "offset", 0, 0, 10_000_000),
+        )
+        return JSONResponse([event_json(e) for e in found], headers={"Cache-Control": "private, no-store"})
+
+    async def get(self, request: Request, caller: Caller) -> Response:
+        event = await self._store.get_event(_event_id(request))
+        if event is None:
+            raise NotFound("no such event", {"id": request.path_params["id"]})
+        return JSONResponse(event_json(event), headers={"Cache-Control": "private, no-store"})
+
+    async def redeliver(self, request: Request, caller: Caller) -> Response:
+        event_id = _event_id(request)
+        if not await self._store.redeliver(event_id, self._subscribers):
+            raise NotFound("no such event", {"id": request.path_params["id"]})
+        self._worker.wake()
+        event = await self._store.get_event(event_id)
+        assert event is not None
+        return JSONResponse(event_json(event), status_code=202, headers={"Cache-Control": "private, no-store"})
+
+
+def _event_id(request: Request) -> int:
+    raw = request.path_params["id"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise NotFound("no such event", {"id": raw})
+    return int(raw)
+
+
+def routes(callbacks: Callbacks, authenticator: Authenticator) -> list[Route]:
+    clinician = [Role.CLINICIAN]
+    return [
+        Route("/new-exam-callback", callbacks.post, methods=["POST"]),
+        Route("/new-exam-callback/events", guarded(authenticator, clinician, callbacks.list_events), methods=["GET"]),
+        Route("/new-exam-callback/events/{id}", guarded(authenticator, clinician, callbacks.get), methods=["GET"]),
+        Route("/new-exam-callback/events/{id}/redeliver", guarded(authenticator, clinician, callbacks.redeliver),
+              methods=["POST"]),
+    ]
