@@ -13,9 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from gateway.app import create_app
+from gateway.db import create_engine
 from tests.conftest import gateway_env, make_settings, running
+from tests.dicom_factory import generated, new_uid
 from tests.exams_support import SECRET, clinician, token
 from tests.processes import GatewayProcess
 from tests.receivers import Receiver, receivers, verify, wait_until
@@ -252,8 +255,8 @@ async def test_bodies_and_callers_that_are_refused(tmp_path: Path) -> None:
 
 def serve_env(database_url: str, subs: list[Receiver], **settings: str) -> dict[str, str]:
     return gateway_env(auth_mode="jwt", auth_jwt_secret=SECRET, pacs_service_url="http://127.0.0.1:9/dicom-web",
-                       database_url=database_url, callback_urls=",".join(r.url for r in subs), log_level="warning",
-                       **FAST, **settings)
+                       database_url=database_url, callback_urls=",".join(r.url for r in subs),
+                       **{"log_level": "warning", **FAST, **settings})
 
 
 def post_many(url: str, first: int, count: int) -> list[str]:
@@ -307,3 +310,84 @@ async def test_two_replicas_on_postgresql_share_the_work(postgres_url: str, tmp_
     duplicates = sum(n - 1 for n in counts.values())
     print(f"500 events, {sum(counts.values())} deliveries, {duplicates} duplicates")  # shown with -s; counted below
     assert duplicates == 0
+
+
+async def test_sigterm_finishes_or_releases_what_is_in_flight(tmp_path: Path) -> None:
+    slow = Receiver(hang_s=0.3)
+    database = tmp_path / "e.db"
+    with receivers(slow) as subs:
+        env = serve_env(f"sqlite:///{database}", subs, callback_concurrency="4", callback_lease_s="600",
+                        log_level="info")
+        process = GatewayProcess(env, tmp_path / "gw.log")
+        process.start()
+        ids = await asyncio.to_thread(post_many, process.url, 0, 40)
+        await wait_until(lambda: len(slow.deliveries) >= 4)
+        process.stop()  # SIGTERM (uvicorn shuts down, then re-raises the signal: the exit status is -15)
+        assert "gateway_stopped" in process.log()  # the lifespan ran to its end
+        assert len(slow.per_event()) < 40
+        engine = create_engine(f"sqlite:///{database}")
+        try:
+            async with engine.connect() as conn:
+                leased = (await conn.execute(text("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL"))
+                          ).scalar()
+        finally:
+            await engine.dispose()
+        assert leased == 0  # nothing left leased for 600 s: the next start sends the rest at once
+        process = GatewayProcess(env, tmp_path / "gw.log")
+        process.start()
+        try:
+            await wait_until(lambda: set(slow.per_event()) >= set(ids), timeout=30)
+        finally:
+            process.stop()
+
+
+# --- new-exam detection from Orthanc's change feed ---------------------------------------------------------------
+
+
+def stow_direct(dicomweb_url: str, files: list[bytes]) -> None:
+    """Store files straight into Orthanc (STOW-RS), not through the gateway."""
+    boundary = "direct-upload"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+                    for data in files) + f"--{boundary}--\r\n".encode()
+    answer = httpx.post(f"{dicomweb_url}/studies", content=body, timeout=30, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+    assert answer.status_code == 200, answer.text
+
+
+def of_study(receiver: Receiver, study_uid: str) -> list[dict[str, Any]]:
+    return [json.loads(d.body) for d in list(receiver.deliveries)
+            if json.loads(d.body).get("StudyInstanceUID") == study_uid]
+
+
+async def test_orthanc_changes_announce_each_new_study_once_across_a_restart(
+    database_url: str, orthanc_url: str
+) -> None:
+    settings = {"pacs_service_url": orthanc_url, "pacs_profile": "orthanc", "new_exam_detection": "orthanc-changes",
+                "new_exam_poll_s": "0.1"}
+    with receivers(Receiver(), Receiver(), Receiver()) as subs:
+        async with gateway(database_url, subs, **settings):
+            await asyncio.sleep(0.5)  # the follower has taken its starting position
+        # While the gateway is down, a study arrives and becomes stable (Orthanc's StableAge is 2 s here).
+        study, series = new_uid(), new_uid()
+        files = [generated("FEED-1", study_uid=study, series_uid=series, modality="MR").data for _ in range(3)]
+        await asyncio.to_thread(stow_direct, orthanc_url, files)
+        await asyncio.sleep(3.5)
+        async with gateway(database_url, subs, **settings):
+            await wait_until(lambda: all(of_study(r, study) for r in subs), timeout=20)
+        # A second study while it runs; then a restart must not announce either again.
+        other = new_uid()
+        async with gateway(database_url, subs, **settings):
+            await asyncio.to_thread(stow_direct, orthanc_url, [generated("FEED-2", study_uid=other).data])
+            await wait_until(lambda: all(of_study(r, other) for r in subs), timeout=20)
+        async with gateway(database_url, subs, **settings):
+            await asyncio.sleep(1.0)
+    for r in subs:
+        [announced] = of_study(r, study)
+        assert len(of_study(r, other)) == 1
+        assert announced["EventType"] == "COMPLETED"
+        assert announced["PatientID"] == "FEED-1"
+        assert announced["NumberOfStudyRelatedSeries"] == 1
+        assert announced["NumberOfStudyRelatedInstances"] == 3
+        assert announced["ModalitiesInStudy"] == ["MR"]
+        assert announced["SourceID"] == "orthanc-changes"
