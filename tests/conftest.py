@@ -54,14 +54,20 @@ def orthanc_url(orthanc: Orthanc) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """The session's PostgreSQL, on a free port, stopped (and waited for) at the end of the run."""
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
+def postgres() -> Iterator[Postgres]:
+    """The session's PostgreSQL, on a free port, stopped (and waited for) at the end of the run.
+
+    Its directory is a fresh one under /tmp, not under pytest's temporary root: pytest resets that root's mode to
+    0700 whenever another pytest session starts, which would lock the `postgres` user out mid-run.
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix="dicom-gateway-pg-"))
+    server = Postgres(run_dir)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture

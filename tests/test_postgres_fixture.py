@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs; pyproject has no override for it (yet)
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import pytest
 
 from tests.postgres import Postgres
@@ -38,8 +41,16 @@ async def _has_table(url: str, table: str) -> bool:
     return bool(found)
 
 
-async def test_databases_are_separate_and_stop_frees_the_port(tmp_path: Path) -> None:
-    server = Postgres(tmp_path / "pg")
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A run directory outside pytest's temporary root (see the `postgres` fixture in conftest)."""
+    path = Path(tempfile.mkdtemp(prefix="dicom-gateway-pg-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_databases_are_separate_and_stop_frees_the_port(pg_dir: Path) -> None:
+    server = Postgres(pg_dir / "pg")
     t0 = time.monotonic()
     server.start()
     started_s = time.monotonic() - t0
@@ -87,13 +98,13 @@ async def test_databases_are_separate_and_stop_frees_the_port(tmp_path: Path) ->
     assert not server.is_running()
 
 
-def test_context_manager_restarts_an_existing_cluster(tmp_path: Path) -> None:
-    with Postgres(tmp_path / "pg") as server:
+def test_context_manager_restarts_an_existing_cluster(pg_dir: Path) -> None:
+    with Postgres(pg_dir / "pg") as server:
         server.new_database("t_kept")
         server.start()  # already running: a no-op
     assert not server.is_running()
     # Same run_dir, (most likely) another port: the cluster and its database are reused.
-    again = Postgres(tmp_path / "pg")
+    again = Postgres(pg_dir / "pg")
     with again:
         assert again.is_running()
         with pytest.raises(RuntimeError, match="already exists"):

@@ -71,3 +71,11 @@ def test_cli_exits_2_with_the_variable_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "AUTH_MODE=jwt needs exactly one of AUTH_JWKS_URL or AUTH_JWT_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "config").glob("*.env")),
+                         ids=lambda p: p.name)
+def test_the_example_settings_load(path: Path) -> None:
+    settings = load_settings(path)
+    assert settings.pacs_profile.value == path.stem
+    assert settings.subscribers
