@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
-from gateway import callbacks, docs, exams, health, uids, workitems
+from gateway import callbacks, dicomweb, docs, exams, health, uids, workitems
 from gateway.auth import build_authenticator
 from gateway.db import create_engine, migrate
 from gateway.delivery import DeliveryPolicy, DeliveryWorker
@@ -27,6 +28,7 @@ from gateway.profiles import profile_for
 from gateway.settings import AuthMode, Settings
 from gateway.uploads import ExamUploads
 from gateway.upstream import UpstreamClient
+from gateway.viewer_tokens import ViewerTokens
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +58,19 @@ def create_app(settings: Settings) -> Starlette:
     hooks = callbacks.Callbacks(store, worker, subscribers, authenticator, token.get_secret_value() if token else None)
     follower = (OrthancChangeFollower(upstream, store, subscribers, settings.new_exam_poll_s, worker.wake)
                 if settings.new_exam_detection == "orthanc-changes" else None)
+    viewer_secret = settings.viewer_token_secret
+    tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
+                          settings.viewer_token_ttl_s)
+    exam_queries = exams.Exams(upstream, links)
+    issuer = dicomweb.ViewerTokenIssuer(tokens, exam_queries, settings)
+    viewer = dicomweb.DicomWeb(upstream, exam_queries, authenticator, tokens, str(settings.public_base_url))
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
         *exams.routes(upstream, authenticator, uploads, links),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
         *workitems.routes(upstream, authenticator, UidGenerator(settings.dicom_uid_root), settings),
         *callbacks.routes(hooks, authenticator),
+        *dicomweb.routes(viewer, issuer, authenticator),
         *docs.routes(),
     ]
 
@@ -89,6 +98,12 @@ def create_app(settings: Settings) -> Starlette:
     # Middleware, outermost first. Starlette adds ServerErrorMiddleware outside these and ExceptionMiddleware
     # inside, so the request middleware sees every answer, including the JSON errors, and times all of it.
     middleware = [Middleware(RequestContextMiddleware, routes=routes, metrics=metrics)]
+    if settings.cors_origins:  # browser viewers on other origins (OHIF): preflights answered, tokens allowed
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type", "X-Request-ID"],
+            expose_headers=["Content-Location", "Content-Length", "X-Request-ID"], max_age=600,
+        ))
 
     app = Starlette(
         routes=routes,

@@ -81,7 +81,7 @@ class Exams:
         study = validate_path_uid("study", request.path_params["study"])
         query = self._scoped_search(request, caller, Level.SERIES)
         found = await self._search(f"studies/{study}/series", query)
-        if not found and not await self._owns(query.patient_id, study):
+        if not found and not await self.owns(query.patient_id, study):
             raise NotFound("no such study for this patient", {"study": study})
         for ds in found:
             self._link(ds, self._links.series(study, ds.string(SERIES_UID) or "", query.patient_id))
@@ -92,7 +92,7 @@ class Exams:
         series = validate_path_uid("series", request.path_params["series"])
         query = self._scoped_search(request, caller, Level.INSTANCE)
         found = await self._search(f"studies/{study}/series/{series}/instances", query)
-        if not found and not await self._owns(query.patient_id, study, series):
+        if not found and not await self.owns(query.patient_id, study, series):
             raise NotFound("no such series for this patient", {"study": study, "series": series})
         for ds in found:
             self._link(ds, self._links.instance(study, series, ds.string(SOP_INSTANCE_UID) or "", query.patient_id))
@@ -121,21 +121,21 @@ class Exams:
 
         if self._profile.exact_matching:
             page = [("limit", str(query.limit)), ("offset", str(query.offset))]
-            return exact(await self._qido(path, params + page))
+            return exact(await self.qido(path, params + page))
         # The upstream's matching is looser than equality (Orthanc: case-insensitive, `?` for unsendable
         # characters), so near-miss patients' items can sit in any page. Walk its pages, keep exact matches, and
         # cut the caller's page from those: never fewer items than there are, however many near misses there are.
         wanted = query.offset + query.limit
         matches: list[DicomJson] = []
         for number in range(MAX_UPSTREAM_PAGES):
-            found = await self._qido(path, [*params, ("limit", str(UPSTREAM_PAGE)),
+            found = await self.qido(path, [*params, ("limit", str(UPSTREAM_PAGE)),
                                             ("offset", str(number * UPSTREAM_PAGE))])
             matches += exact(found)
             if len(matches) >= wanted or len(found) < UPSTREAM_PAGE:
                 break
         return matches[query.offset : wanted]
 
-    async def _owns(self, patient_id: str, study: str, series: str | None = None) -> bool:
+    async def owns(self, patient_id: str, study: str, series: str | None = None) -> bool:
         """Whether the study (or the series in it) exists for exactly this patient."""
         if self._profile.orthanc_native_ids:
             kind, ids = ("studies", (patient_id, study)) if series is None else ("series", (patient_id, study, series))
@@ -144,12 +144,12 @@ class Exams:
             path, params = "studies", [("StudyInstanceUID", study)]
         else:
             path, params = f"studies/{study}/series", [("SeriesInstanceUID", series)]
-        found = await self._qido(
+        found = await self.qido(
             path, [*params, ("PatientID", self._profile.exact_value(patient_id)), ("includefield", PATIENT_ID)]
         )
         return any(ds.string(PATIENT_ID) == patient_id for ds in found)
 
-    async def _qido(self, path: str, params: Iterable[tuple[str, str]]) -> list[DicomJson]:
+    async def qido(self, path: str, params: Iterable[tuple[str, str]]) -> list[DicomJson]:
         response = await self._upstream.request(
             "GET", path, operation="qido", params=params, headers={"Accept": DICOM_JSON}
         )
@@ -190,7 +190,7 @@ class Exams:
         if self._profile.orthanc_native_ids:  # exactly this patient's instance, by construction of the id
             owned = await self._upstream.native_exists("instances", orthanc_id(patient_id, study, series, sop))
         else:
-            owned = await self._owns(patient_id, study, series)
+            owned = await self.owns(patient_id, study, series)
         if not owned:
             raise NotFound("no such instance for this patient", {"instance": sop})
         return await self._file(path, sop, patient_id)

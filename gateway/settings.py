@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     def subscribers(self) -> list[str]:
         return [url.strip() for url in self.callback_urls.split(",") if url.strip()]
 
+    # --- viewer tokens and /dicomweb ------------------------------------------------------------------------------
+    viewer_token_secret: SecretStr | None = None  # HS256, at least 32 bytes
+    viewer_token_key: str | None = None  # a PEM private key (or a path to one): RS256, ES256 or Ed25519
+    viewer_token_ttl_s: int = Field(default=3600, ge=30, le=86400)
+    viewer_get_token_endpoint: AnyHttpUrl | None = None  # an external viewer's token service, asked instead
+    viewer_authorization_token: SecretStr | None = None  # sent to that service as a bearer token
+    cors_allow_origins: str = ""  # comma-separated origins of browser viewers allowed to call the gateway
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
     # --- exams ------------------------------------------------------------------------------------------------------
     exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
     exams_max_files: int = Field(default=1000, ge=1)
@@ -177,7 +189,15 @@ class Settings(BaseSettings):
         self._check_upstream_auth()
         self._check_inbound_auth()
         self._check_callbacks()
+        self._check_viewer()
         return self
+
+    def _check_viewer(self) -> None:
+        secret = self.viewer_token_secret
+        if secret is not None and len(secret.get_secret_value().encode()) < 32:
+            raise ValueError("VIEWER_TOKEN_SECRET must be at least 32 bytes")
+        if secret is not None and self.viewer_token_key:
+            raise ValueError("set VIEWER_TOKEN_SECRET or VIEWER_TOKEN_KEY, not both")
 
     def _check_callbacks(self) -> None:
         if self.callback_lease_s <= self.callback_timeout_s:

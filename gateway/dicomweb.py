@@ -1,0 +1,403 @@
+"""`/dicomweb/...`: DICOMweb for viewers, passed through to the PACS and narrowed to what the caller may see.
+
+Callers: the gateway's own JWTs (a clinician sees everything; a patient only their own patient's studies, read-only)
+and viewer tokens from `GET /token` (exactly one study). A token comes in `Authorization: Bearer` or, as OHIF sends
+it, a `token` query parameter (never passed upstream); both present and different is refused.
+
+With a viewer token: searches are narrowed to the token's study (a StudyInstanceUID filter is replaced, whatever it
+holds: a list, a backslash, a wildcard) and their answers filtered; a study in the path other than the token's is
+404. Retrieval streams from the PACS; the gateway picks the Accept header the PACS can serve (Orthanc refuses lists,
+`image/*` and single-part `application/dicom`) and unwraps a single instance when the client asked for one.
+URLs in JSON answers (RetrieveURL, BulkDataURI) point at the gateway.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import Authenticator, Caller, Role, guarded
+from gateway.dicom import is_valid_uid
+from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized, UpstreamFailed
+from gateway.exams import PRIVATE, Exams, UpstreamRelay
+from gateway.multipart import SinglePartReader, boundary_of
+from gateway.profiles import DICOM_JSON, JPEG
+from gateway.qido import MATCHING_CHARACTERS, bad_parameter
+from gateway.settings import Settings
+from gateway.upstream import UpstreamClient, UpstreamStream
+from gateway.viewer_tokens import ViewerGrant, ViewerRole, ViewerTokens
+
+STUDY_UID, PATIENT_ID, RETRIEVE_URL = "0020000D", "00100020", "00081190"
+DICOM_MULTIPART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+OCTET_MULTIPART = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+PNG = "image/png"
+CROSS_ORIGIN = {"Cross-Origin-Resource-Policy": "cross-origin"}
+_FRAMES = re.compile(r"[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,999}")
+_BULK = re.compile(r"[0-9A-Fa-f]{8}(/[0-9A-Fa-f]{8}|/[0-9]{1,6})*")
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the caller may reach: one study (viewer token), one patient's studies, or everything."""
+
+    study: str | None = None
+    patient: str | None = None
+    can_store: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed DICOMweb path: the study/series/instance it names and what follows them."""
+
+    study: str | None
+    series: str | None
+    instance: str | None
+    rest: list[str]  # e.g. [], ["metadata"], ["rendered"], ["frames", "1,2"], ["series"] (a search)
+    search: str | None  # "studies", "series" or "instances" when the path is a search
+
+
+def parse_path(path: str) -> Target:
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in ("studies", "series", "instances"):
+        raise NotFound("no such DICOMweb resource", {"path": f"/dicomweb/{path}"})
+    if parts[0] != "studies":
+        if len(parts) != 1:
+            raise NotFound("no such DICOMweb resource", {"path": f"/dicomweb/{path}"})
+        return Target(None, None, None, [], parts[0])
+    uids: list[str] = []
+    index = 1
+    for level in ("study", "series", "instances"):
+        if index >= len(parts):
+            break
+        if level != "study":
+            expected = "series" if level == "series" else "instances"
+            if parts[index] != expected:
+                break
+            if index + 1 >= len(parts):  # .../series or .../instances: a search at that level
+                return _target(uids, [], expected)
+            index += 1
+        uid = parts[index]
+        if not is_valid_uid(uid):
+            raise bad_parameter(f"{level} UID in the path", "not a valid UID")
+        uids.append(uid)
+        index += 1
+    rest = parts[index:]
+    if len(uids) == 0:
+        return Target(None, None, None, [], "studies")
+    _check_rest(rest, instance_level=len(uids) == 3, path=path)
+    return _target(uids, rest, None)
+
+
+def _target(uids: list[str], rest: list[str], search: str | None) -> Target:
+    padded: list[str | None] = [*uids, None, None, None]
+    return Target(padded[0], padded[1], padded[2], rest, search)
+
+
+def _check_rest(rest: list[str], *, instance_level: bool, path: str) -> None:
+    ok = (
+        rest in ([], ["metadata"], ["rendered"], ["thumbnail"])
+        or (instance_level and len(rest) == 2 and rest[0] == "frames" and _FRAMES.fullmatch(rest[1]) is not None)
+        or (instance_level and len(rest) == 3 and rest[0] == "frames" and rest[2] == "rendered"
+            and _FRAMES.fullmatch(rest[1]) is not None)
+        or (instance_level and len(rest) >= 2 and rest[0] == "bulk" and _BULK.fullmatch("/".join(rest[1:]))
+            is not None)
+    )
+    if not ok:
+        raise NotFound("no such DICOMweb resource", {"path": f"/dicomweb/{path}"})
+
+
+class DicomWeb:
+    def __init__(self, upstream: UpstreamClient, exams: Exams, authenticator: Authenticator, tokens: ViewerTokens,
+                 public_base_url: str) -> None:
+        self._upstream = upstream
+        self._exams = exams
+        self._authenticator = authenticator
+        self._tokens = tokens
+        self._public = public_base_url.rstrip("/") + "/dicomweb"
+        public = urlsplit(public_base_url)
+        self._forwarded = f"host={public.netloc};proto={public.scheme}"
+
+    # -- who is calling --------------------------------------------------------------------------------------------
+
+    async def access(self, request: Request) -> Access:
+        query = request.query_params.getlist("token")
+        header = request.headers.get("authorization")
+        bearer = header.partition(" ")[2].strip() if header and header.lower().startswith("bearer ") else None
+        if len(query) > 1 or (query and bearer is not None and query[0] != bearer):
+            raise Unauthorized("two different tokens: send one, in the Authorization header or the token parameter")
+        raw = bearer if bearer is not None else (query[0] if query else None)
+        if raw is not None and self._tokens.is_viewer_token(raw):
+            grant: ViewerGrant = self._tokens.verify(raw)
+            return Access(study=grant.study, patient=grant.patient, can_store=grant.role is ViewerRole.DIAGNOSTIC)
+        if raw is not None and header is None:  # the gateway's own JWT, sent as a query parameter
+            scope = {**request.scope, "headers": [*request.scope["headers"],
+                                                  (b"authorization", f"Bearer {raw}".encode())]}
+            request = Request(scope, request.receive)
+        caller: Caller = await self._authenticator.authenticate(request)
+        if Role.CLINICIAN in caller.roles:
+            return Access(can_store=True)
+        if Role.PATIENT in caller.roles and caller.patient_id is not None:
+            return Access(patient=caller.patient_id)
+        raise Forbidden("the token does not grant access to DICOMweb", {"required_roles": ["clinician", "patient"]})
+
+    # -- GET -------------------------------------------------------------------------------------------------------
+
+    async def get(self, request: Request) -> Response:
+        access = await self.access(request)
+        target = parse_path(request.path_params["path"])
+        if target.search is not None:
+            return await self._search(request, access, target)
+        assert target.study is not None
+        await self._check_study(access, target.study, target.series)
+        path = "/".join(["studies", target.study,
+                         *(["series", target.series] if target.series else []),
+                         *(["instances", target.instance] if target.instance else []), *target.rest])
+        kind = target.rest[0] if target.rest else "retrieve"
+        if kind == "metadata":
+            return await self._metadata(path)
+        if kind == "rendered" or target.rest[-1:] == ["rendered"] or kind == "thumbnail":
+            accept = PNG if PNG in request.headers.get("accept", "") and JPEG not in request.headers.get("accept", "") \
+                else JPEG
+            return await self._relay("GET", path.replace("/thumbnail", "/rendered"), "dicomweb_rendered", accept,
+                                     _pass_params(request.query_params, ("viewport", "quality", "window")),
+                                     extra=CROSS_ORIGIN)
+        if kind == "frames":
+            return await self._relay("GET", path, "dicomweb_frames", _multipart_accept(request, OCTET_MULTIPART), [])
+        if kind == "bulk":
+            return await self._relay("GET", path, "dicomweb_bulk", OCTET_MULTIPART, [], extra=CROSS_ORIGIN)
+        if target.instance and _wants_single_part(request):
+            return await self._single_instance(path, target.instance)
+        return await self._relay("GET", path, "dicomweb_retrieve", DICOM_MULTIPART, [])
+
+    async def _check_study(self, access: Access, study: str, series: str | None) -> None:
+        """404 for a study outside the caller's reach (the same answer as for one that does not exist)."""
+        if access.study is not None and study != access.study:
+            raise NotFound("no such study", {"study": study})
+        if access.patient is not None and not await self._exams.owns(access.patient, study, series):
+            raise NotFound("no such study", {"study": study})
+
+    async def _search(self, request: Request, access: Access, target: Target) -> Response:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        if target.study is not None:
+            await self._check_study(access, target.study, target.series)
+        if access.study is not None:
+            # At most the token's study: a StudyInstanceUID filter (a list, a backslash, a wildcard) is intersected
+            # with it, and the PACS is only ever asked for the token's study.
+            asked = [v for k, v in params if k in ("StudyInstanceUID", "0020000D")]
+            if asked and not all(_uid_filter_matches(value, access.study) for value in asked):
+                return JSONResponse([], headers=PRIVATE, media_type=DICOM_JSON)
+            params = [(k, v) for k, v in params if k not in ("StudyInstanceUID", "0020000D")]
+            if target.study is None:
+                params.append(("StudyInstanceUID", access.study))
+        if access.patient is not None:
+            params = [(k, v) for k, v in params if k not in ("PatientID", "00100020")]
+            if target.study is None:
+                params.append(("PatientID", self._upstream.profile.exact_value(access.patient)))
+            params.append(("includefield", PATIENT_ID))
+        if access.study is not None or access.patient is not None:
+            params.append(("includefield", STUDY_UID))
+        path = "/".join(filter(None, ["studies" if target.study else None, target.study,
+                                      "series" if target.series else None, target.series, target.search]))
+        found = await self._exams.qido(path, params)
+        if access.study is not None:
+            found = [ds for ds in found if ds.string(STUDY_UID) in (None, access.study)]
+        if access.patient is not None and target.study is None:
+            found = [ds for ds in found if ds.string(PATIENT_ID) == access.patient]
+        return JSONResponse([self._rewrite(ds.raw) for ds in found], headers=PRIVATE,
+                            media_type=DICOM_JSON)
+
+    async def _metadata(self, path: str) -> Response:
+        answer = await self._upstream.request("GET", path, operation="dicomweb_metadata",
+                                              headers={"Accept": DICOM_JSON, "Forwarded": self._forwarded})
+        if answer.status_code in (400, 404):
+            raise NotFound("no such resource", {"path": f"/dicomweb/{path}"})
+        if answer.status_code != 200:
+            raise UpstreamFailed("the PACS refused the metadata", {"upstream_status": answer.status_code})
+        payload = answer.json()
+        datasets = payload if isinstance(payload, list) else []
+        return JSONResponse([self._rewrite(ds) for ds in datasets if isinstance(ds, dict)], headers=PRIVATE,
+                            media_type=DICOM_JSON)
+
+    def _rewrite(self, value: Any) -> Any:
+        """RetrieveURL and BulkDataURI values point at the gateway's `/dicomweb` (the PACS writes its own)."""
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if key == "BulkDataURI" and isinstance(item, str):
+                    out[key] = self._public_url(item)
+                elif key == RETRIEVE_URL and isinstance(item, dict):
+                    out[key] = {**item, "Value": [self._public_url(v) if isinstance(v, str) else v
+                                                  for v in item.get("Value", [])]}
+                else:
+                    out[key] = self._rewrite(item)
+            return out
+        if isinstance(value, list):
+            return [self._rewrite(item) for item in value]
+        return value
+
+    def _public_url(self, url: str) -> str:
+        at = url.find("/studies/")
+        return self._public + url[at:] if at >= 0 else url
+
+    async def _relay(self, method: str, path: str, operation: str, accept: str, params: list[tuple[str, str]], *,
+                     extra: dict[str, str] | None = None) -> Response:
+        upstream = await self._upstream.open_stream(method, path, operation=operation, params=params,
+                                                    headers={"Accept": accept, "Forwarded": self._forwarded})
+        await _expect(upstream, path)
+        headers = {**PRIVATE, **(extra or {})}
+        length = upstream.headers.get("Content-Length")
+        if length is not None:
+            headers["Content-Length"] = length
+        return UpstreamRelay([], upstream.iter_raw(), upstream,
+                             media_type=upstream.headers.get("Content-Type", "application/octet-stream"),
+                             headers=headers)
+
+    async def _single_instance(self, path: str, sop: str) -> Response:
+        """`Accept: application/dicom` on an instance: Orthanc only sends multipart, so the one part is unwrapped."""
+        upstream = await self._upstream.open_stream("GET", path, operation="dicomweb_retrieve",
+                                                    headers={"Accept": DICOM_MULTIPART, "Forwarded": self._forwarded})
+        await _expect(upstream, path)
+        try:
+            reader = SinglePartReader(upstream.iter_raw(), boundary_of(upstream.headers.get("Content-Type", "")))
+            part = await reader.open()
+        except BaseException:
+            await upstream.aclose()
+            raise
+        headers = {**PRIVATE}
+        if "content-length" in part:
+            headers["Content-Length"] = part["content-length"]
+        return UpstreamRelay([], reader.body(), upstream, media_type="application/dicom", headers=headers)
+
+
+async def _expect(upstream: UpstreamStream, path: str) -> None:
+    if upstream.status_code == 200:
+        return
+    status = upstream.status_code
+    await upstream.aclose()
+    if status in (400, 404):
+        raise NotFound("no such resource", {"path": f"/dicomweb/{path}"})
+    if status == 406:
+        raise BadRequest("the PACS cannot produce this representation", {"path": f"/dicomweb/{path}"})
+    raise UpstreamFailed("the PACS failed", {"upstream_status": status})
+
+
+def _uid_filter_matches(value: str, uid: str) -> bool:
+    """Whether a UID filter (a UID, a list split by `,` or `\\`, or a pattern with `*`/`?`) matches `uid`."""
+    for term in re.split(r"[,\\]", value):
+        term = term.strip()
+        pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in term)
+        if term and re.fullmatch(pattern, uid):
+            return True
+    return False
+
+
+def _wants_single_part(request: Request) -> bool:
+    accept = request.headers.get("accept", "").lower()
+    return "application/dicom" in accept and "multipart/related" not in accept
+
+
+_FRAME_TYPES = ("application/octet-stream", "image/jls", "image/jp2")  # what Orthanc 1.10 serves frames as
+
+
+def _multipart_accept(request: Request, default: str) -> str:
+    """The client's Accept when it is one multipart/related value of a type the PACS serves; the default otherwise
+    (for `type="*/*"`, lists, or none)."""
+    accept = request.headers.get("accept", "")
+    match = re.fullmatch(r'\s*multipart/related\s*;\s*type="?([^";,]+)"?[^,]*', accept, re.IGNORECASE)
+    if match is not None and match.group(1).strip().lower() in _FRAME_TYPES:
+        return accept.strip()
+    return default
+
+
+def _pass_params(params: QueryParams, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for name in names:
+        value = params.get(name)
+        if value is not None:
+            if MATCHING_CHARACTERS.intersection(value) - {","} or len(value) > 64:
+                raise bad_parameter(name, "not a valid value")
+            out.append((name, value))
+    return out
+
+
+class ViewerTokenIssuer:
+    """`GET /token?studyUID=S&patientID=P&user=U&role=patient|diagnostic`."""
+
+    def __init__(self, tokens: ViewerTokens, exams: Exams, settings: Settings) -> None:
+        self._tokens = tokens
+        self._exams = exams
+        self._external = str(settings.viewer_get_token_endpoint) if settings.viewer_get_token_endpoint else None
+        secret = settings.viewer_authorization_token
+        self._external_auth = secret.get_secret_value() if secret else None
+
+    async def token(self, request: Request, caller: Caller) -> Response:
+        params = request.query_params
+        study = params.get("studyUID", "")
+        if not is_valid_uid(study):
+            raise bad_parameter("studyUID", "required, a valid UID (1-64 digits and dots, no leading zeros)")
+        role_name = params.get("role", ViewerRole.PATIENT.value)
+        if role_name not in (ViewerRole.PATIENT.value, ViewerRole.DIAGNOSTIC.value):
+            raise bad_parameter("role", "patient or diagnostic")
+        role = ViewerRole(role_name)
+        patient = params.get("patientID")
+        if Role.CLINICIAN not in caller.roles:
+            if role is not ViewerRole.PATIENT:
+                raise Forbidden("a patient may only ask for role=patient", {"parameter": "role"})
+            if patient is not None and patient != caller.patient_id:
+                raise Forbidden("this token does not grant access to that patient's data", {"parameter": "patientID"})
+            patient = caller.patient_id
+        user = params.get("user", caller.subject)[:128]
+        owner = await self._owner(study, patient)
+        if owner is None:
+            raise NotFound("no such study", {"studyUID": study})
+        if self._external is not None:
+            return await self._ask_external(study, owner, user, role)
+        return JSONResponse({"token": self._tokens.issue(study=study, patient=owner, user=user, role=role),
+                             "expiresIn": self._tokens.ttl_s}, headers={"Cache-Control": "no-store"})
+
+    async def _ask_external(self, study: str, patient: str, user: str, role: ViewerRole) -> Response:
+        """The external viewer's token service (VIEWER_GET_TOKEN_ENDPOINT), answered in this API's shape."""
+        assert self._external is not None
+        headers = {"Accept": "application/json"}
+        if self._external_auth:
+            headers["Authorization"] = f"Bearer {self._external_auth}"
+        params = {"studyUID": study, "patientID": patient, "user": user, "role": role.value}
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                answer = await client.get(self._external, params=params, headers=headers)
+            payload = answer.json() if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            payload = None
+            answer = None
+        if not isinstance(payload, dict) or not isinstance(payload.get("token"), str):
+            raise UpstreamFailed("the viewer's token service did not answer with a token",
+                                 {"upstream_status": answer.status_code if answer is not None else None})
+        expires = payload.get("expiresIn")
+        return JSONResponse({"token": payload["token"],
+                             "expiresIn": expires if isinstance(expires, int) else self._tokens.ttl_s},
+                            headers={"Cache-Control": "no-store"})
+
+    async def _owner(self, study: str, patient: str | None) -> str | None:
+        """The study's PatientID when it exists (and belongs to `patient`, when given)."""
+        found = await self._exams.qido("studies", [("StudyInstanceUID", study), ("includefield", PATIENT_ID)])
+        owners = {ds.string(PATIENT_ID) or "" for ds in found if ds.string(STUDY_UID) in (None, study)}
+        if len(owners) != 1:
+            return None
+        owner = owners.pop()
+        return owner if patient is None or owner == patient else None
+
+
+def routes(dicomweb: DicomWeb, issuer: ViewerTokenIssuer, authenticator: Authenticator) -> list[Route]:
+    return [
+        Route("/token", guarded(authenticator, [Role.CLINICIAN, Role.PATIENT], issuer.token), methods=["GET"]),
+        Route("/dicomweb/{path:path}", dicomweb.get, methods=["GET"]),
+    ]
+
