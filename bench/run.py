@@ -6,7 +6,8 @@ stores the data, then measures
 the same work sent straight to Orthanc's DICOMweb root and sent through the gateway's `/exams` API:
 
 1. QIDO studies-by-patient (wrk, random patient per request) at 1 and 4 clients: req/s, p50, p99.
-2. Retrieval of one 80 MiB multi-frame instance (curl to /dev/null): MiB/s.
+2. Retrieval of one 80 MiB multi-frame instance (curl to /dev/null): MiB/s, through /exams and through /dicomweb
+   with a viewer token.
 3. STOW of small instances, 1 and 10 per request, sequential, the two sides' requests alternating: instances/s.
 4. The gateway's peak RSS while a ~1 GiB upload and a ~1 GiB download pass through it.
 
@@ -382,11 +383,27 @@ def gateway_download(stack: Stack, item: StoredInstance, out: str = "/dev/null")
     return run_curl(["-o", out, "-H", f"Authorization: Bearer {stack.token}", url])
 
 
+def viewer_token(stack: Stack, item: StoredInstance) -> str:
+    answer = httpx.get(f"{stack.gw}/token", params={"studyUID": item.study_uid},
+                       headers={"Authorization": f"Bearer {stack.token}"}, timeout=30)
+    if answer.status_code != 200:
+        raise BenchError(f"GET /token answered {answer.status_code}: {answer.text[:300]}")
+    return str(answer.json()["token"])
+
+
+def dicomweb_wado(stack: Stack, item: StoredInstance, viewer: str, out: str = "/dev/null") -> CurlResult:
+    """The same WADO-RS request as `direct_wado`, through the gateway's /dicomweb with a viewer token."""
+    url = (f"{stack.gw}/dicomweb/studies/{item.study_uid}/series/{item.series_uid}"
+           f"/instances/{item.sop_uid}")
+    return run_curl(["-o", out, "-H", f"Accept: {ACCEPT_WADO}", "-H", f"Authorization: Bearer {viewer}", url])
+
+
 @dataclass
 class RetrievalResult:
     size: int
     direct: list[CurlResult]
     gateway: list[CurlResult]
+    dicomweb: list[CurlResult] = field(default_factory=list)
 
 
 def mib_s(size: int, runs: list[CurlResult]) -> list[float]:
@@ -404,17 +421,22 @@ def bench_retrieval(stack: Stack, client: httpx.Client, runs: int) -> RetrievalR
     if d.status != 200 or g.status != 200 or g.size_download != item.size or d.size_download < item.size:
         raise BenchError(f"retrieval check: direct {d.status} {d.size_download} B, gateway {g.status} "
                          f"{g.size_download} B, file {item.size} B")
+    viewer = viewer_token(stack, item)
+    w = dicomweb_wado(stack, item, viewer)
+    if w.status != 200 or w.size_download != d.size_download:
+        raise BenchError(f"/dicomweb retrieval check: {w.status} {w.size_download} B, direct {d.size_download} B")
     result = RetrievalResult(item.size, [], [])
     for i in range(runs):
-        d, g = direct_wado(stack, item), gateway_download(stack, item)
-        for r in (d, g):
+        d, g, w = direct_wado(stack, item), gateway_download(stack, item), dicomweb_wado(stack, item, viewer)
+        for r in (d, g, w):
             if r.status != 200:
                 raise BenchError(f"retrieval answered {r.status}")
         result.direct.append(d)
         result.gateway.append(g)
+        result.dicomweb.append(w)
         log(f"  retrieval run {i + 1}: direct {item.size / d.time_total / MIB:.0f} MiB/s "
-            f"(TTFB {d.time_starttransfer * 1000:.0f} ms), gateway {item.size / g.time_total / MIB:.0f} MiB/s "
-            f"(TTFB {g.time_starttransfer * 1000:.0f} ms)")
+            f"(TTFB {d.time_starttransfer * 1000:.0f} ms), gateway /exams {item.size / g.time_total / MIB:.0f} MiB/s "
+            f"(TTFB {g.time_starttransfer * 1000:.0f} ms), /dicomweb {item.size / w.time_total / MIB:.0f} MiB/s")
     return result
 
 
@@ -632,6 +654,14 @@ def bench_memory(stack: Stack) -> MemoryResult:
         f"{download.baseline_mib:.0f} → {download.peak_mib:.0f} MiB")
     if down.status != 200:
         notes.append(f"download answered {down.status}")
+    viewer = viewer_token(stack, item)
+    web, web_down = measured_transfer(stack, "download ~1 GiB (GET /dicomweb/.../instances/..., viewer token)",
+                                      lambda: dicomweb_wado(stack, item, viewer), lambda r: r.size_download)
+    transfers.append(web)
+    log(f"  /dicomweb download: {web_down.status}, {web_down.size_download} B in {web_down.time_total:.1f} s, "
+        f"gateway RSS {web.baseline_mib:.0f} → {web.peak_mib:.0f} MiB")
+    if web_down.status != 200:
+        notes.append(f"/dicomweb download answered {web_down.status}")
     result = MemoryResult(item.size, transfers, download_size, notes)
     # For scale: the same transfers straight to Orthanc (another file of the same size for the STOW).
     other = write_multiframe(path, "BENCHBIG2", frames=BIG_FRAMES)
@@ -734,7 +764,17 @@ class Report:
             f"≥ {RETRIEVAL_RATIO_MIN:.0%} | {verdict(ratio >= RETRIEVAL_RATIO_MIN)} |",
             f"| {name} | total / time to first byte, ms (median) | {d_total:.0f} / {d_ttfb:.0f} | "
             f"{g_total:.0f} / {g_ttfb:.0f} | +{g_total - d_total:.0f} ms | | |",
+            *self._dicomweb_rows(r, d, name),
         ]
+
+    def _dicomweb_rows(self, r: RetrievalResult, d: list[float], name: str) -> list[str]:
+        if not r.dicomweb:
+            return []
+        w = mib_s(r.size, r.dicomweb)
+        ratio = statistics.median(w) / statistics.median(d)
+        return [f"| {name} via /dicomweb, viewer token, same multipart request | MiB/s (min / **median** / max) | "
+                f"{spread(d)} | {spread(w)} | {ratio:.0%} | ≥ {RETRIEVAL_RATIO_MIN:.0%} | "
+                f"{verdict(ratio >= RETRIEVAL_RATIO_MIN)} |"]
 
     def _stow_rows(self) -> list[str]:
         # The target applies to uploads of an exam's images (10 instances of one series per request). One instance
