@@ -26,12 +26,14 @@ from starlette.routing import Route
 
 from gateway.auth import Authenticator, Caller, Role, guarded
 from gateway.dicom import is_valid_uid
-from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized, UpstreamFailed
+from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized, UnsupportedMediaType, UpstreamFailed
 from gateway.exams import PRIVATE, Exams, UpstreamRelay
 from gateway.multipart import SinglePartReader, boundary_of
 from gateway.profiles import DICOM_JSON, JPEG
 from gateway.qido import MATCHING_CHARACTERS, bad_parameter
+from gateway.related import spool_related
 from gateway.settings import Settings
+from gateway.uploads import ExamUploads, FilePart
 from gateway.upstream import UpstreamClient, UpstreamStream
 from gateway.viewer_tokens import ViewerGrant, ViewerRole, ViewerTokens
 
@@ -65,35 +67,35 @@ class Target:
 
 
 def parse_path(path: str) -> Target:
+    """`studies[/{study}[/series[/{series}[/instances[/{instance}]]]]]` (also `studies/{study}/instances`), then what
+    follows; 400 for an invalid UID, 404 for anything that is not DICOMweb."""
     parts = [p for p in path.split("/") if p]
-    if not parts or parts[0] not in ("studies", "series", "instances"):
-        raise NotFound("no such DICOMweb resource", {"path": f"/dicomweb/{path}"})
-    if parts[0] != "studies":
-        if len(parts) != 1:
-            raise NotFound("no such DICOMweb resource", {"path": f"/dicomweb/{path}"})
-        return Target(None, None, None, [], parts[0])
-    uids: list[str] = []
-    index = 1
-    for level in ("study", "series", "instances"):
-        if index >= len(parts):
-            break
-        if level != "study":
-            expected = "series" if level == "series" else "instances"
-            if parts[index] != expected:
-                break
-            if index + 1 >= len(parts):  # .../series or .../instances: a search at that level
-                return _target(uids, [], expected)
-            index += 1
-        uid = parts[index]
-        if not is_valid_uid(uid):
-            raise bad_parameter(f"{level} UID in the path", "not a valid UID")
-        uids.append(uid)
-        index += 1
+    missing = NotFound("no such DICOMweb resource", {"path": f"/dicomweb/{path}"})
+    if parts in (["studies"], ["series"], ["instances"]):
+        return _target([], [], parts[0])
+    if len(parts) < 2 or parts[0] != "studies":
+        raise missing
+    uids = [_uid(parts[1], "study")]
+    index = 2
+    if parts[index:] == ["instances"] or parts[index:] == ["series"]:
+        return _target(uids, [], parts[index])
+    if parts[index:index + 1] == ["series"]:
+        uids.append(_uid(parts[index + 1], "series"))
+        index += 2
+        if parts[index:] == ["instances"]:
+            return _target(uids, [], "instances")
+        if parts[index:index + 1] == ["instances"] and len(parts) > index + 1:
+            uids.append(_uid(parts[index + 1], "instance"))
+            index += 2
     rest = parts[index:]
-    if len(uids) == 0:
-        return Target(None, None, None, [], "studies")
     _check_rest(rest, instance_level=len(uids) == 3, path=path)
     return _target(uids, rest, None)
+
+
+def _uid(value: str, level: str) -> str:
+    if not is_valid_uid(value):
+        raise bad_parameter(f"{level} UID in the path", "not a valid UID")
+    return value
 
 
 def _target(uids: list[str], rest: list[str], search: str | None) -> Target:
@@ -116,9 +118,12 @@ def _check_rest(rest: list[str], *, instance_level: bool, path: str) -> None:
 
 class DicomWeb:
     def __init__(self, upstream: UpstreamClient, exams: Exams, authenticator: Authenticator, tokens: ViewerTokens,
-                 public_base_url: str) -> None:
+                 public_base_url: str, uploads: ExamUploads, max_upload_bytes: int, max_files: int) -> None:
         self._upstream = upstream
         self._exams = exams
+        self._uploads = uploads
+        self._max_upload_bytes = max_upload_bytes
+        self._max_files = max_files
         self._authenticator = authenticator
         self._tokens = tokens
         self._public = public_base_url.rstrip("/") + "/dicomweb"
@@ -176,6 +181,38 @@ class DicomWeb:
         if target.instance and _wants_single_part(request):
             return await self._single_instance(path, target.instance)
         return await self._relay("GET", path, "dicomweb_retrieve", DICOM_MULTIPART, [])
+
+    # -- POST: STOW-RS ---------------------------------------------------------------------------------------------
+
+    async def store(self, request: Request) -> Response:
+        """STOW-RS into a study: a diagnostic viewer token into its own study only, a clinician anywhere."""
+        access = await self.access(request)
+        path = request.path_params["path"].strip("/")
+        parts = path.split("/")
+        if parts[0] != "studies" or len(parts) > 2:
+            raise NotFound("STOW-RS goes to /dicomweb/studies or /dicomweb/studies/{study}", {"path": path})
+        study = parts[1] if len(parts) == 2 else None
+        if study is not None and not is_valid_uid(study):
+            raise bad_parameter("study UID in the path", "not a valid UID")
+        if not access.can_store:
+            raise Forbidden("this token may only read", {"required": "a diagnostic viewer token or a clinician"})
+        if access.study is not None and study not in (None, access.study):
+            raise NotFound("no such study", {"study": study})
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/related"):
+            raise UnsupportedMediaType("STOW-RS takes multipart/related; type=\"application/dicom\"",
+                                       {"content_type": content_type})
+        files = await spool_related(request, max_bytes=self._max_upload_bytes, max_parts=self._max_files)
+        caller = (Caller("viewer", frozenset({Role.PATIENT}), access.patient) if access.patient is not None
+                  else Caller("clinician", frozenset({Role.CLINICIAN})))
+        try:
+            parts_in = [FilePart(f.filename or f"part {i + 1}", spooled=f) for i, f in enumerate(files)]
+            dataset, _, duplicates = await self._uploads.accept(parts_in, caller, study=access.study or study)
+        finally:
+            for file in files:
+                await file.close()
+        self._uploads.add_duplicates(dataset, duplicates)
+        return JSONResponse(self._rewrite(dataset.raw), media_type=DICOM_JSON, headers={"Cache-Control": "no-store"})
 
     async def _check_study(self, access: Access, study: str, series: str | None) -> None:
         """404 for a study outside the caller's reach (the same answer as for one that does not exist)."""
@@ -399,5 +436,6 @@ def routes(dicomweb: DicomWeb, issuer: ViewerTokenIssuer, authenticator: Authent
     return [
         Route("/token", guarded(authenticator, [Role.CLINICIAN, Role.PATIENT], issuer.token), methods=["GET"]),
         Route("/dicomweb/{path:path}", dicomweb.get, methods=["GET"]),
+        Route("/dicomweb/{path:path}", dicomweb.store, methods=["POST"]),
     ]
 

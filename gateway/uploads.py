@@ -154,11 +154,27 @@ class ExamUploads:
         form = None
         if fields is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
             form = await limited.form(max_files=self._max_files, max_fields=100)
+        try:
+            dataset, fresh, duplicates = await self.accept(_file_parts(fields, form), caller)
+        finally:
+            if form is not None:
+                await form.close()
+        self._point_at_gateway(dataset, fresh)
+        self.add_duplicates(dataset, duplicates)
+        return JSONResponse([dataset.raw], headers={"Cache-Control": "no-store"})
+
+    async def accept(self, parts: list[FilePart], caller: Caller, *, study: str | None = None
+                     ) -> tuple[DicomJson, list[Upload], list[Upload]]:
+        """Check the files (headers, scope, structure, duplicates) and store the fresh ones: (STOW-RS answer,
+        stored, duplicates). Nothing is stored when any file is refused. `study`: every file must belong to it."""
         series = _SeriesLookups(self._upstream)
         try:
-            uploads = await self._parse(_file_parts(fields, form), caller, series)
+            uploads = await self._parse(parts, caller, series)
             for item in uploads:
                 require_patient_access(caller, item.header.patient_id)
+                if study is not None and item.header.study_uid != study:
+                    raise Forbidden(f"{item.filename} belongs to another study than the one this token opens",
+                                    {"file": item.filename, "StudyInstanceUID": item.header.study_uid})
             # The duplicate lookup (round trips to the PACS, the first sent while the other headers were read) runs
             # while the files' structure is checked (CPU); nothing is stored before both are done.
             lookup = asyncio.create_task(self._split_duplicates(uploads, caller, series))
@@ -179,14 +195,14 @@ class ExamUploads:
             dataset = await self._store(fresh)
         finally:
             await series.aclose()
-            if form is not None:
-                await form.close()
-        self._point_at_gateway(dataset, fresh)
+        note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
+        return dataset, fresh, duplicates
+
+    @staticmethod
+    def add_duplicates(dataset: DicomJson, duplicates: list[Upload]) -> None:
         if duplicates:
             failed = [*dataset.items(FAILED_SOP_SEQUENCE), *_stow_failures(duplicates).items(FAILED_SOP_SEQUENCE)]
             dataset.set_sequence(FAILED_SOP_SEQUENCE, failed)
-        note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
-        return JSONResponse([dataset.raw], headers={"Cache-Control": "no-store"})
 
     async def _parse(self, parts: list[FilePart], caller: Caller, series: _SeriesLookups) -> list[Upload]:
         if not parts:

@@ -227,3 +227,31 @@ def test_browser_viewers_get_cors_and_cross_origin_images(scene: Scene) -> None:
                        headers={"Accept": "application/dicom"})
     assert single.headers["content-type"] == "application/dicom"
     assert pydicom.dcmread(io.BytesIO(single.content)).SOPInstanceUID == scene.instances_a[0]
+
+
+# --- STOW-RS with a diagnostic token -----------------------------------------------------------------------------
+
+
+def test_a_diagnostic_token_stores_into_its_study_and_nowhere_else(scene: Scene) -> None:
+    diagnostic = scene.client(scene.token(scene.study_a, role="diagnostic"))
+    added = generated(scene.patient, study_uid=scene.study_a, series_uid=new_uid())
+    answer = diagnostic.store_instances([pydicom.dcmread(io.BytesIO(added.data))])  # the STOW-RS answer, parsed
+    [stored] = answer.ReferencedSOPSequence
+    assert stored.ReferencedSOPInstanceUID == added.sop_uid
+    assert str(stored.RetrieveURL).startswith(f"{scene.gateway.url}/dicomweb/studies/{scene.study_a}")
+    assert len(diagnostic.search_for_instances(scene.study_a)) == 4
+
+    def refused(client: DICOMwebClient, instance: Any, study: str | None = None) -> int:
+        with pytest.raises(requests.HTTPError) as caught:
+            client.store_instances([pydicom.dcmread(io.BytesIO(instance.data))], study_instance_uid=study)
+        assert caught.value.response is not None
+        return int(caught.value.response.status_code)
+
+    into_b = generated(scene.patient, study_uid=scene.study_b)
+    assert refused(diagnostic, into_b) == 403  # a file of another study
+    assert refused(diagnostic, into_b, study=scene.study_b) == 404  # another study's path
+    stranger = generated("SOMEONE-ELSE", study_uid=scene.study_a)
+    assert refused(diagnostic, stranger) == 403  # another patient's file, even in the right study
+    read_only = scene.client(scene.token(scene.study_a, role="patient"))
+    assert refused(read_only, generated(scene.patient, study_uid=scene.study_a)) == 403
+    assert len(diagnostic.search_for_instances(scene.study_a)) == 4  # nothing refused was stored
