@@ -18,9 +18,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@touch $@
 
-## deps: the Debian packages (Orthanc, its DICOMweb plugin, PostgreSQL), installed only when missing
+## deps: the Debian packages (Orthanc, its DICOMweb plugin, PostgreSQL, Chromium) and the OHIF viewer's static
+## build (for the browser test), each installed only when missing
 deps:
 	@deploy/dev/install-deps.sh
+	@deploy/dev/install-ohif.sh
 
 ## run: the gateway on http://127.0.0.1:8080 in front of a local Orthanc with sample exams; Ctrl-C stops both
 run: deps install
