@@ -64,7 +64,8 @@ def create_app(settings: Settings) -> Starlette:
     exam_queries = exams.Exams(upstream, links)
     issuer = dicomweb.ViewerTokenIssuer(tokens, exam_queries, settings)
     viewer = dicomweb.DicomWeb(upstream, exam_queries, authenticator, tokens, str(settings.public_base_url), uploads,
-                               settings.exams_max_upload_bytes, settings.exams_max_files)
+                               settings.exams_max_upload_bytes, settings.exams_max_files,
+                               frozenset(settings.trusted_proxy_list))
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
         *exams.routes(upstream, authenticator, uploads, links),

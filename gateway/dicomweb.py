@@ -118,7 +118,9 @@ def _check_rest(rest: list[str], *, instance_level: bool, path: str) -> None:
 
 class DicomWeb:
     def __init__(self, upstream: UpstreamClient, exams: Exams, authenticator: Authenticator, tokens: ViewerTokens,
-                 public_base_url: str, uploads: ExamUploads, max_upload_bytes: int, max_files: int) -> None:
+                 public_base_url: str, uploads: ExamUploads, max_upload_bytes: int, max_files: int,
+                 trusted_proxies: frozenset[str] = frozenset()) -> None:
+        self._trusted_proxies = trusted_proxies
         self._upstream = upstream
         self._exams = exams
         self._uploads = uploads
@@ -167,7 +169,7 @@ class DicomWeb:
                          *(["instances", target.instance] if target.instance else []), *target.rest])
         kind = target.rest[0] if target.rest else "retrieve"
         if kind == "metadata":
-            return await self._metadata(path)
+            return await self._metadata(path, self._base_for(request))
         if kind == "rendered" or target.rest[-1:] == ["rendered"] or kind == "thumbnail":
             accept = PNG if PNG in request.headers.get("accept", "") and JPEG not in request.headers.get("accept", "") \
                 else JPEG
@@ -212,7 +214,8 @@ class DicomWeb:
             for file in files:
                 await file.close()
         self._uploads.add_duplicates(dataset, duplicates)
-        return JSONResponse(self._rewrite(dataset.raw), media_type=DICOM_JSON, headers={"Cache-Control": "no-store"})
+        return JSONResponse(self._rewrite(dataset.raw, self._base_for(request)), media_type=DICOM_JSON,
+                            headers={"Cache-Control": "no-store"})
 
     async def _check_study(self, access: Access, study: str, series: str | None) -> None:
         """404 for a study outside the caller's reach (the same answer as for one that does not exist)."""
@@ -248,10 +251,10 @@ class DicomWeb:
             found = [ds for ds in found if ds.string(STUDY_UID) in (None, access.study)]
         if access.patient is not None and target.study is None:
             found = [ds for ds in found if ds.string(PATIENT_ID) == access.patient]
-        return JSONResponse([self._rewrite(ds.raw) for ds in found], headers=PRIVATE,
+        return JSONResponse([self._rewrite(ds.raw, self._base_for(request)) for ds in found], headers=PRIVATE,
                             media_type=DICOM_JSON)
 
-    async def _metadata(self, path: str) -> Response:
+    async def _metadata(self, path: str, base: str) -> Response:
         answer = await self._upstream.request("GET", path, operation="dicomweb_metadata",
                                               headers={"Accept": DICOM_JSON, "Forwarded": self._forwarded})
         if answer.status_code in (400, 404):
@@ -260,29 +263,44 @@ class DicomWeb:
             raise UpstreamFailed("the PACS refused the metadata", {"upstream_status": answer.status_code})
         payload = answer.json()
         datasets = payload if isinstance(payload, list) else []
-        return JSONResponse([self._rewrite(ds) for ds in datasets if isinstance(ds, dict)], headers=PRIVATE,
+        return JSONResponse([self._rewrite(ds, base) for ds in datasets if isinstance(ds, dict)], headers=PRIVATE,
                             media_type=DICOM_JSON)
 
-    def _rewrite(self, value: Any) -> Any:
+    def _base_for(self, request: Request) -> str:
+        """The gateway's `/dicomweb` as this caller reaches it: PUBLIC_BASE_URL, or what a trusted proxy says
+        (`Forwarded: proto=..;host=..`, else `X-Forwarded-Proto` and `X-Forwarded-Host`)."""
+        client = request.client.host if request.client else None
+        if client is None or client not in self._trusted_proxies:
+            return self._public
+        proto = host = None
+        forwarded = request.headers.get("forwarded")
+        if forwarded:
+            first = forwarded.split(",")[0]
+            pairs = dict(p.strip().split("=", 1) for p in first.split(";") if "=" in p)
+            proto, host = pairs.get("proto", "").strip('"'), pairs.get("host", "").strip('"')
+        else:
+            proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip()
+            host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        if proto not in ("http", "https") or not host or not _HOST.fullmatch(host):
+            return self._public
+        return f"{proto}://{host}/dicomweb"
+
+    def _rewrite(self, value: Any, base: str) -> Any:
         """RetrieveURL and BulkDataURI values point at the gateway's `/dicomweb` (the PACS writes its own)."""
         if isinstance(value, dict):
             out: dict[str, Any] = {}
             for key, item in value.items():
                 if key == "BulkDataURI" and isinstance(item, str):
-                    out[key] = self._public_url(item)
+                    out[key] = _public_url(base, item)
                 elif key == RETRIEVE_URL and isinstance(item, dict):
-                    out[key] = {**item, "Value": [self._public_url(v) if isinstance(v, str) else v
+                    out[key] = {**item, "Value": [_public_url(base, v) if isinstance(v, str) else v
                                                   for v in item.get("Value", [])]}
                 else:
-                    out[key] = self._rewrite(item)
+                    out[key] = self._rewrite(item, base)
             return out
         if isinstance(value, list):
-            return [self._rewrite(item) for item in value]
+            return [self._rewrite(item, base) for item in value]
         return value
-
-    def _public_url(self, url: str) -> str:
-        at = url.find("/studies/")
-        return self._public + url[at:] if at >= 0 else url
 
     async def _relay(self, method: str, path: str, operation: str, accept: str, params: list[tuple[str, str]], *,
                      extra: dict[str, str] | None = None) -> Response:
@@ -312,6 +330,14 @@ class DicomWeb:
         if "content-length" in part:
             headers["Content-Length"] = part["content-length"]
         return UpstreamRelay([], reader.body(), upstream, media_type="application/dicom", headers=headers)
+
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _public_url(base: str, url: str) -> str:
+    at = url.find("/studies/")
+    return base + url[at:] if at >= 0 else url
 
 
 async def _expect(upstream: UpstreamStream, path: str) -> None:

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     viewer_get_token_endpoint: AnyHttpUrl | None = None  # an external viewer's token service, asked instead
     viewer_authorization_token: SecretStr | None = None  # sent to that service as a bearer token
     cors_allow_origins: str = ""  # comma-separated origins of browser viewers allowed to call the gateway
+    trusted_proxies: str = ""  # comma-separated IP addresses whose Forwarded / X-Forwarded-* headers are believed
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [ip.strip() for ip in self.trusted_proxies.split(",") if ip.strip()]
 
     @property
     def cors_origins(self) -> list[str]:

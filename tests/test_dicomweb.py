@@ -19,12 +19,18 @@ from dicomweb_client.api import DICOMwebClient
 from joserfc import jwt
 from joserfc.jwk import OctKey
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from gateway.app import create_app
 from gateway.viewer_tokens import AUDIENCE, ISSUER
-from tests.conftest import gateway_env
+from tests.conftest import gateway_env, make_settings, running
 from tests.dicom_factory import generated, new_uid
 from tests.exams_support import SECRET, token
 from tests.processes import GatewayProcess
+from tests.servers import serve
 from tests.test_callbacks import stow_direct
 
 VIEWER_SECRET = "viewer-token-secret-0123456789abcdef"
@@ -255,3 +261,46 @@ def test_a_diagnostic_token_stores_into_its_study_and_nowhere_else(scene: Scene)
     read_only = scene.client(scene.token(scene.study_a, role="patient"))
     assert refused(read_only, generated(scene.patient, study_uid=scene.study_a)) == 403
     assert len(diagnostic.search_for_instances(scene.study_a)) == 4  # nothing refused was stored
+
+
+# --- URLs behind a trusted proxy, and an external token service --------------------------------------------------
+
+
+async def test_urls_follow_a_trusted_proxy_and_only_a_trusted_one(scene: Scene, orthanc_url: str) -> None:
+    base = {"pacs_service_url": orthanc_url, "pacs_profile": "orthanc", "auth_mode": "jwt",
+            "auth_jwt_secret": SECRET, "public_base_url": "https://gateway.internal.example"}
+    headers = {"Authorization": f"Bearer {token('clinician')}", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": "viewer.example.org"}
+    path = f"/dicomweb/studies/{scene.study_a}/series"
+    async with running(create_app(make_settings(**base, trusted_proxies="127.0.0.1"))) as client:
+        answer = await client.get(path, headers=headers)
+        [url] = answer.json()[0]["00081190"]["Value"]
+        assert url.startswith("https://viewer.example.org/dicomweb/studies/")
+        forwarded = await client.get(path, headers={**headers, "Forwarded": 'proto=http;host="pacs.example:8443"'})
+        assert forwarded.json()[0]["00081190"]["Value"][0].startswith("http://pacs.example:8443/dicomweb/")
+        bad = await client.get(path, headers={**headers, "X-Forwarded-Host": "evil.example/path"})
+        assert bad.json()[0]["00081190"]["Value"][0].startswith("https://gateway.internal.example/dicomweb/")
+    async with running(create_app(make_settings(**base))) as client:  # nobody trusted: the headers are ignored
+        answer = await client.get(path, headers=headers)
+        assert answer.json()[0]["00081190"]["Value"][0].startswith("https://gateway.internal.example/dicomweb/")
+
+
+async def test_an_external_token_service_is_asked_instead(scene: Scene, orthanc_url: str) -> None:
+    asked: list[tuple[dict[str, str], str | None]] = []
+
+    async def service(request: Request) -> Response:
+        asked.append((dict(request.query_params), request.headers.get("authorization")))
+        return JSONResponse({"token": "token-from-the-viewer-service", "expiresIn": 120})
+
+    with serve(Starlette(routes=[Route("/get-token", service)])) as external:
+        settings = {"pacs_service_url": orthanc_url, "pacs_profile": "orthanc", "auth_mode": "jwt",
+                    "auth_jwt_secret": SECRET, "viewer_get_token_endpoint": f"{external.url}/get-token",
+                    "viewer_authorization_token": "service-credential-0123"}
+        async with running(create_app(make_settings(**settings))) as client:
+            clinician = {"Authorization": f"Bearer {token('clinician')}"}
+            answer = await client.get("/token", params={"studyUID": scene.study_a, "user": "dr-x"}, headers=clinician)
+            assert answer.json() == {"token": "token-from-the-viewer-service", "expiresIn": 120}
+            missing = await client.get("/token", params={"studyUID": "1.2.3.4.5.6.7"}, headers=clinician)
+            assert missing.status_code == 404
+    assert asked == [({"studyUID": scene.study_a, "patientID": scene.patient, "user": "dr-x", "role": "patient"},
+                      "Bearer service-credential-0123")]  # the unknown study was never asked about
