@@ -9,7 +9,6 @@ delivery state, and may ask for an event to be delivered again.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import Authenticator, Caller, Role, guarded
+from gateway.bodies import read_json
 from gateway.delivery import DeliveryWorker
 from gateway.dicom import is_valid_uid
-from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.events_store import EventStore, NewEvent, StoredEvent
 from gateway.qido import bad_parameter, integer_parameter, single
 
@@ -143,21 +143,7 @@ class Callbacks:
             caller = await self._authenticator.authenticate(request)
             if Role.PACS not in caller.roles:
                 raise Forbidden("the token does not grant access to this resource", {"required_roles": ["pacs"]})
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            raise UnsupportedMediaType("POST /new-exam-callback takes application/json", {"content_type": content_type})
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise PayloadTooLarge("the event is larger than the gateway accepts", {"limit_bytes": MAX_BODY_BYTES})
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise PayloadTooLarge("the event is larger than the gateway accepts", {"limit_bytes": MAX_BODY_BYTES})
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON", {"fields": []}) from None
+        payload = await read_json(request, max_bytes=MAX_BODY_BYTES, what="the event")
         event = parse_event(payload)
         event_id, created = await self._store.add(event, self._subscribers)  # committed before the answer
         if created:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -25,15 +24,14 @@ from starlette.routing import Route
 
 from gateway import vr
 from gateway.auth import Authenticator, Caller, Role, guarded
+from gateway.bodies import read_json
 from gateway.dicom import UidGenerator, is_valid_uid
 from gateway.errors import (
     BadRequest,
     Conflict,
     NotFound,
     NotImplementedByUpstream,
-    PayloadTooLarge,
     UnprocessableContent,
-    UnsupportedMediaType,
     UpstreamFailed,
 )
 from gateway.qido import PATIENT_ID_SPELLINGS, bad_parameter, integer_parameter, single, validate_patient_id
@@ -152,7 +150,7 @@ class Worklist:
 
     async def create(self, request: Request, caller: Caller) -> Response:
         dialect = self._require_ups()
-        values = parse_workitem(await _json_body(request))
+        values = parse_workitem(await read_json(request, max_bytes=MAX_BODY_BYTES, what="the workitem"))
         require_patient_access(caller, values["PatientID"])
         study_uid = values.get("StudyInstanceUID") or self._uids.new()
         try:
@@ -300,21 +298,6 @@ class Worklist:
 def _may_see(caller: Caller, dataset: Dataset) -> bool:
     return Role.CLINICIAN in caller.roles or (caller.patient_id is not None
                                               and _first(dataset, PATIENT_ID) == caller.patient_id)
-
-
-async def _json_body(request: Request) -> Any:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType("POST /workitems takes application/json", {"content_type": content_type})
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge("the workitem is larger than the gateway accepts", {"limit_bytes": MAX_BODY_BYTES})
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON", {"fields": []}) from None
 
 
 def _optional_patient_id(params: QueryParams) -> str | None:
