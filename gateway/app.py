@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Starlette:
                                frozenset(settings.trusted_proxy_list))
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
-        *exams.routes(upstream, authenticator, uploads, links),
+        *exams.routes(exam_queries, authenticator, uploads),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
         *workitems.routes(upstream, authenticator, UidGenerator(settings.dicom_uid_root), settings),
         *callbacks.routes(hooks, authenticator),

@@ -338,11 +338,7 @@ def _json(datasets: list[DicomJson]) -> Response:
     return JSONResponse([ds.raw for ds in datasets], headers=PRIVATE)
 
 
-def routes(
-    upstream: UpstreamClient, authenticator: Authenticator, uploads: ExamUploads, links: ExamLinks
-) -> list[Route]:
-    exams = Exams(upstream, links)
-
+def routes(exams: Exams, authenticator: Authenticator, uploads: ExamUploads) -> list[Route]:
     def route(path: str, handler: Handler, method: str) -> Route:
         return Route(path, guarded(authenticator, EXAMS_ROLES, handler), methods=[method])
 

@@ -69,12 +69,20 @@ def single(params: QueryParams, name: str) -> str | None:
 
 def parse_patient_id(params: QueryParams) -> str:
     """The mandatory PatientId, under any of its documented spellings (all given ones must agree)."""
-    given = {value for name in PATIENT_ID_SPELLINGS for value in params.getlist(name)}
-    if not given:
+    patient_id = optional_patient_id(params, "PatientId")
+    if patient_id is None:
         raise BadRequest("PatientId is required", {"parameter": "PatientId"})
+    return patient_id
+
+
+def optional_patient_id(params: QueryParams, name: str) -> str | None:
+    """The PatientId under any of its spellings when given (all must agree); errors name it `name`."""
+    given = {value for spelling in PATIENT_ID_SPELLINGS for value in params.getlist(spelling)}
+    if not given:
+        return None
     if len(given) > 1:
-        raise bad_parameter("PatientId", "given more than once with different values")
-    return validate_patient_id(given.pop(), "PatientId")
+        raise bad_parameter(name, "given more than once with different values")
+    return validate_patient_id(given.pop(), name)
 
 
 def validate_patient_id(value: str, name: str = "PatientID") -> str:
@@ -149,7 +157,7 @@ def is_small_integer(raw: str) -> bool:
     return _SMALL_INTEGER.fullmatch(raw) is not None
 
 
-def _date(name: str, value: str) -> str:
+def date_or_range(name: str, value: str) -> str:
     """A date (YYYYMMDD) or a range `A-B`, `A-`, `-B` of real dates (PS3.4 §C.2.2.2.5)."""
     start, dash, end = value.partition("-")
     parts = [p for p in (start, end) if p]
@@ -178,7 +186,7 @@ def _code_strings(name: str, value: str) -> str:
     return value
 
 
-def _exact_short_string(name: str, value: str) -> str:
+def exact_short_string(name: str, value: str) -> str:
     value = value.strip(" ")
     if not value:
         raise bad_parameter(name, "must not be empty")
@@ -194,10 +202,10 @@ def _uids(name: str, value: str) -> str:
 
 
 _VALIDATORS = {
-    "StudyDate": _date,
+    "StudyDate": date_or_range,
     "ModalitiesInStudy": _code_strings,
     "Modality": _code_strings,
-    "AccessionNumber": _exact_short_string,
+    "AccessionNumber": exact_short_string,
     "StudyInstanceUID": _uids,
     "SeriesInstanceUID": _uids,
     "SOPInstanceUID": _uids,

@@ -17,12 +17,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import vr
 from gateway.auth import Authenticator, Caller, Role, guarded
 from gateway.bodies import read_json
 from gateway.dicom import UidGenerator, is_valid_uid
@@ -34,7 +32,15 @@ from gateway.errors import (
     UnprocessableContent,
     UpstreamFailed,
 )
-from gateway.qido import PATIENT_ID_SPELLINGS, bad_parameter, integer_parameter, single, validate_patient_id
+from gateway.qido import (
+    PATIENT_ID_SPELLINGS,
+    bad_parameter,
+    date_or_range,
+    exact_short_string,
+    integer_parameter,
+    optional_patient_id,
+    single,
+)
 from gateway.scope import EXAMS_ROLES, require_patient_access
 from gateway.settings import PacsProfileName, Settings
 from gateway.upstream import UpstreamAnswer, UpstreamClient
@@ -209,7 +215,7 @@ class Worklist:
             raise BadRequest(f"unknown parameter {unknown[0]}",
                              {"parameter": unknown[0], "allowed": sorted(allowed - {"PatientId", "patientId",
                                                                                     "PatientID"})})
-        patient_id = _optional_patient_id(params)
+        patient_id = optional_patient_id(params, "patientID")
         if Role.CLINICIAN not in caller.roles:
             if patient_id is None:
                 patient_id = caller.patient_id  # a patient's search is always of their own workitems
@@ -221,7 +227,7 @@ class Worklist:
             query.append(("PatientID", patient_id))
         accession = single(params, "AccessionNumber")
         if accession is not None:
-            query.append((SEARCH_KEYS["AccessionNumber"], _exact_text("AccessionNumber", accession, 16)))
+            query.append((SEARCH_KEYS["AccessionNumber"], exact_short_string("AccessionNumber", accession)))
         date = single(params, "ScheduledProcedureStepStartDate")
         if date is not None:
             query.append((SEARCH_KEYS["ScheduledProcedureStepStartDate"], _date_range(date)))
@@ -300,44 +306,12 @@ def _may_see(caller: Caller, dataset: Dataset) -> bool:
                                               and _first(dataset, PATIENT_ID) == caller.patient_id)
 
 
-def _optional_patient_id(params: QueryParams) -> str | None:
-    given = {value for name in PATIENT_ID_SPELLINGS for value in params.getlist(name)}
-    if not given:
-        return None
-    if len(given) > 1:
-        raise bad_parameter("patientID", "given more than once with different values")
-    return validate_patient_id(given.pop(), "patientID")
-
-
-def _exact_text(name: str, value: str, max_length: int) -> str:
-    value = value.strip(" ")
-    if not value or len(value) > max_length:
-        raise bad_parameter(name, f"1 to {max_length} characters")
-    if any(c in value for c in "*?\\,") or any(ord(c) < 0x20 for c in value):
-        raise bad_parameter(name, "no wildcards (* ?), lists (,), backslashes or control characters")
-    return value
-
-
-def _date(name: str, value: str) -> str:
-    try:
-        return vr.da(value)
-    except vr.VrError as exc:
-        raise bad_parameter(name, f"YYYYMMDD: {exc}") from None
-
-
 def _date_range(value: str) -> str:
     """A date or a range (`A-B`, `A-`, `-B`) as a ScheduledProcedureStepStartDateTime range covering whole days."""
-    name = "ScheduledProcedureStepStartDate"
-    if "-" not in value:
-        day = _date(name, value)
-        return f"{day}000000-{day}235959"
-    low, _, high = value.partition("-")
-    if not low and not high:
-        raise bad_parameter(name, "a date or a range A-B, A- or -B")
-    low = _date(name, low) if low else ""
-    high = _date(name, high) if high else ""
-    if low and high and low > high:
-        raise bad_parameter(name, "the range ends before it starts")
+    date_or_range("ScheduledProcedureStepStartDate", value)
+    low, dash, high = value.partition("-")
+    if not dash:
+        return f"{low}000000-{low}235959"
     return f"{low + '000000' if low else ''}-{high + '235959' if high else ''}"
 
 
