@@ -33,9 +33,9 @@ from gateway.dicomjson import (
 from gateway.errors import BadRequest, NotFound, UpstreamFailed
 from gateway.links import ExamLinks
 from gateway.multipart import MultipartError, SinglePartReader, boundary_of
-from gateway.orthanc import orthanc_id
+from gateway.ownership import Ownership, Resource
 from gateway.part10 import PatientIdProbe
-from gateway.profiles import DICOM_JSON, JPEG, MULTIPART_DICOM_AS_STORED
+from gateway.profiles import JPEG, MULTIPART_DICOM_AS_STORED
 from gateway.qido import (
     PATIENT_ID_SPELLINGS,
     Level,
@@ -67,6 +67,7 @@ class Exams:
         self._upstream = upstream
         self._profile = upstream.profile
         self._links = links
+        self.ownership = Ownership(upstream)
 
     # --- search ---------------------------------------------------------------------------------------------------
 
@@ -137,31 +138,10 @@ class Exams:
 
     async def owns(self, patient_id: str, study: str, series: str | None = None) -> bool:
         """Whether the study (or the series in it) exists for exactly this patient."""
-        if self._profile.orthanc_native_ids:
-            kind, ids = ("studies", (patient_id, study)) if series is None else ("series", (patient_id, study, series))
-            return await self._upstream.native_exists(kind, orthanc_id(*ids))
-        if series is None:
-            path, params = "studies", [("StudyInstanceUID", study)]
-        else:
-            path, params = f"studies/{study}/series", [("SeriesInstanceUID", series)]
-        found = await self.qido(
-            path, [*params, ("PatientID", self._profile.exact_value(patient_id)), ("includefield", PATIENT_ID)]
-        )
-        return any(ds.string(PATIENT_ID) == patient_id for ds in found)
+        return await self.ownership.holds(patient_id, Resource(study, series))
 
     async def qido(self, path: str, params: Iterable[tuple[str, str]]) -> list[DicomJson]:
-        response = await self._upstream.request(
-            "GET", path, operation="qido", params=params, headers={"Accept": DICOM_JSON}
-        )
-        # PS3.18 §10.6.3: 204 or an empty array when nothing matches; some servers answer 404 for an unknown parent.
-        if response.status_code in (204, 404) or (response.status_code == 200 and not response.content):
-            return []
-        if response.status_code != 200:
-            raise UpstreamFailed("the PACS refused a search", {"upstream_status": response.status_code})
-        try:
-            return DicomJson.list_from(response.json())
-        except ValueError:
-            raise UpstreamFailed("the PACS answered a search with something other than DICOM JSON") from None
+        return await self.ownership.qido(path, params)
 
     # --- retrieval ------------------------------------------------------------------------------------------------
 
@@ -183,12 +163,16 @@ class Exams:
         path = f"studies/{study}/series/{series}/instances/{sop}"
         if file_type == "image/jpeg":
             instance = await self._locate_instance(study, series, sop, patient_id)
+            # A rendered image carries no PatientID to check, so the UID must be this patient's alone: a copy of
+            # another patient's under the same UIDs could be the one the PACS renders.
+            if not await self.ownership.holds_only(patient_id, Resource(study, series, sop)):
+                raise NotFound("no such instance for this patient", {"instance": sop})
             return await self._thumbnail(path, size, instance)
         # For the file, the series is checked (a cheap query: an instance-level one makes Orthanc read the whole
         # file, ~50 ms for 80 MiB) and the instance's membership and patient come from the WADO-RS answer itself:
         # 404 when the instance is not in that series, and its PatientID read from its first bytes.
         if self._profile.orthanc_native_ids:  # exactly this patient's instance, by construction of the id
-            owned = await self._upstream.native_exists("instances", orthanc_id(patient_id, study, series, sop))
+            owned = await self.ownership.holds(patient_id, Resource(study, series, sop))
         else:
             owned = await self.owns(patient_id, study, series)
         if not owned:

@@ -40,6 +40,7 @@ from gateway.formdata import SMALL_BODY, FormField, split_form
 from gateway.links import ExamLinks
 from gateway.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
 from gateway.orthanc import orthanc_id
+from gateway.ownership import Ownership, Resource
 from gateway.part10 import (
     PREAMBLE_LENGTH,
     ZERO_PREAMBLE,
@@ -136,6 +137,7 @@ def _limited(receive: Receive, limit: int) -> Receive:
 class ExamUploads:
     def __init__(self, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
         self._upstream = upstream
+        self._ownership = Ownership(upstream)
         self._links = links
         self._max_bytes = max_bytes
         self._max_files = max_files
@@ -177,13 +179,16 @@ class ExamUploads:
                                     {"file": item.filename, "StudyInstanceUID": item.header.study_uid})
             # The duplicate lookup (round trips to the PACS, the first sent while the other headers were read) runs
             # while the files' structure is checked (CPU); nothing is stored before both are done.
+            shared = asyncio.create_task(self._refuse_shared_uids(uploads))
             lookup = asyncio.create_task(self._split_duplicates(uploads, caller, series))
-            await asyncio.sleep(0)  # let the lookup send its requests before the CPU work below
+            await asyncio.sleep(0)  # let the lookups send their requests before the CPU work below
             try:
                 await self._check_structures(uploads)
+                await shared
             except BaseException:
-                lookup.cancel()
-                await asyncio.gather(lookup, return_exceptions=True)
+                for task in (shared, lookup):
+                    task.cancel()
+                await asyncio.gather(shared, lookup, return_exceptions=True)
                 raise
             fresh, duplicates = await lookup
             if not fresh:
@@ -197,6 +202,29 @@ class ExamUploads:
             await series.aclose()
         note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
         return dataset, fresh, duplicates
+
+    async def _refuse_shared_uids(self, uploads: list[Upload]) -> None:
+        """409 when the upload would file two patients' data under one study or series UID (`gateway.ownership`):
+        two patients within the upload, or a UID under which the PACS already holds another patient's data. The
+        answer does not say whose."""
+        owners: dict[Resource, set[str]] = {}
+        for item in uploads:
+            header = item.header
+            for resource in (Resource(header.study_uid), Resource(header.study_uid, header.series_uid)):
+                owners.setdefault(resource, set()).add(header.patient_id)
+        mixed = sorted(r.uid for r, patients in owners.items() if len(patients) > 1)
+        if mixed:
+            raise Conflict("the upload holds files of more than one patient under one study or series UID",
+                           {"reason": "uid_shared_within_upload", "uids": mixed})
+        by_patient: dict[str, list[Resource]] = {}
+        for resource, patients in owners.items():
+            by_patient.setdefault(next(iter(patients)), []).append(resource)
+        answers = await asyncio.gather(*(self._ownership.held_by_others(patient, resources)
+                                         for patient, resources in by_patient.items()))
+        taken = sorted(set().union(*answers))
+        if taken:
+            raise Conflict("a study or series UID of the upload already holds another patient's data",
+                           {"reason": "uid_in_use", "uids": taken})
 
     @staticmethod
     def add_duplicates(dataset: DicomJson, duplicates: list[Upload]) -> None:

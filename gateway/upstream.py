@@ -253,13 +253,16 @@ class UpstreamClient:
         """Orthanc's JSON description of `/{kind}/{resource_id}` (native API; see `gateway.orthanc`), or None."""
         return await self.native_json(f"{kind}/{resource_id}")
 
-    async def native_json(self, path: str, operation: str = "native_lookup") -> Any:
-        """The JSON answer of Orthanc's native `GET /{path}` (`path` already encoded, query included), None on 404."""
+    async def native_json(self, path: str, operation: str = "native_lookup", *, method: str = "GET",
+                          content: bytes | None = None) -> Any:
+        """The JSON answer of Orthanc's native `{method} /{path}` (`path` already encoded, query included), None on
+        404."""
         session = self._opened()
         sent = await self._headers({"Accept": "application/json"})
         started = time.perf_counter()
         with upstream_errors(operation, self.metrics):
-            async with session.get(URL(f"{self.native_url}{path}", encoded=True), headers=sent) as response:
+            async with session.request(method, URL(f"{self.native_url}{path}", encoded=True), headers=sent,
+                                       data=content) as response:
                 body = await response.read()
         self._record(operation, response.status, started)
         self._note_rejection(response.status, sent)
@@ -276,6 +279,17 @@ class UpstreamClient:
 
     async def native_exists(self, kind: str, resource_id: str) -> bool:
         return await self.native_resource(kind, resource_id) is not None
+
+    async def native_lookup(self, uid: str) -> list[tuple[str, str]]:
+        """Every resource Orthanc holds under this DICOM UID, at any level, as (Type, Orthanc id) pairs.
+
+        `POST /tools/lookup` with the UID as its body (orthanc.md §3 native REST): an index lookup, cheap whatever the
+        archive's size. Two patients' studies sharing one StudyInstanceUID are two resources here.
+        """
+        found = await self.native_json("tools/lookup", "native_uid_lookup", method="POST", content=uid.encode())
+        if not isinstance(found, list):
+            raise UpstreamFailed("the PACS answered a UID lookup unexpectedly")
+        return [(str(item.get("Type")), str(item.get("ID"))) for item in found if isinstance(item, dict)]
 
     async def readiness(self) -> str | None:
         """None when the upstream answers a cheap DICOMweb query; otherwise why not (for `/-/ready`)."""

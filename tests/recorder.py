@@ -19,6 +19,7 @@ class Seen:
     method: str
     path: str
     query: str  # raw, as sent on the wire
+    body: bytes = b""  # the request body's first 4 KiB
 
     @property
     def target(self) -> str:
@@ -35,13 +36,13 @@ class RecordingProxy:
         assert scope["type"] == "http"
         query = scope["query_string"].decode("latin-1")
         path = scope["raw_path"].decode("latin-1")
-        self.seen.append(Seen(scope["method"], path, query))
         body = b""
         while True:
             message: Message = await receive()
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        self.seen.append(Seen(scope["method"], path, query, body[:4096]))
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         url = httpx.URL(self.target + path)
         if query:

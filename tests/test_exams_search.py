@@ -23,6 +23,7 @@ from tests.exams_support import (
     values,
 )
 from tests.recorder import RecordingProxy
+from tests.test_callbacks import stow_direct
 
 
 @dataclass
@@ -203,11 +204,13 @@ async def test_another_patients_study_is_404_like_a_missing_one(exams: Exams, po
 
 
 async def test_a_study_uid_shared_with_another_patient_shows_only_the_callers_series(
-    exams: Exams, population: Population
+    exams: Exams, population: Population, orthanc_url: str
 ) -> None:
-    """Another patient's data filed under Alice's StudyInstanceUID (possible in a PACS): Alice never sees it."""
+    """Another patient's data filed under Alice's StudyInstanceUID (possible in a PACS, from data stored around the
+    gateway, which refuses such uploads): Alice never sees it."""
     intruder = generated(f"{population.prefix}-EVE", study_uid=population.alice_ct.study_uid)
-    assert (await exams.upload(intruder)).status_code == 200
+    error(await exams.upload(intruder), 409, "conflict")
+    stow_direct(orthanc_url, [intruder.data])
     series = (await exams.series(population.alice_ct.study_uid, population.alice)).json()
     assert values(series, "0020000E") == [population.alice_ct.series_uid]
     assert patient_ids(series) == {population.alice}

@@ -219,9 +219,12 @@ async def test_stow_reaches_the_upstream_as_one_multipart_related_request(
     assert len(searches) == (1 if role == "patient" else 0)
     if searches:
         assert searches[0].query.count(",") == 2
+    # ... the study and series UIDs are looked up once each (are they another patient's?) ...
+    uid_lookups = [seen for seen in proxy.seen if seen.path == "/tools/lookup"]
+    assert sorted(seen.body for seen in uid_lookups) == sorted([study.encode(), series.encode()])
     # ... and the files go up in one STOW-RS request.
     assert [seen.method for seen in proxy.seen if seen.path == "/dicom-web/studies"] == ["POST"]
-    assert len(proxy.seen) == len(lookups) + len(searches) + 1
+    assert len(proxy.seen) == len(lookups) + len(searches) + len(uid_lookups) + 1
 
 
 async def test_uploaded_files_need_a_token(exams: Exams) -> None:
