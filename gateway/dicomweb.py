@@ -14,6 +14,7 @@ URLs in JSON answers (RetrieveURL, BulkDataURI) point at the gateway.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,12 +27,16 @@ from starlette.routing import Route
 
 from gateway.auth import Authenticator, Caller, Role, guarded
 from gateway.dicom import is_valid_uid
-from gateway.errors import BadRequest, Forbidden, NotFound, Unauthorized, UnsupportedMediaType, UpstreamFailed
+from gateway.dicomjson import DicomJson
+from gateway.dicomweb_query import parse_qido, uid_list
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, UnsupportedMediaType, UpstreamFailed
 from gateway.exams import PRIVATE, Exams, UpstreamRelay
-from gateway.multipart import SinglePartReader, boundary_of
+from gateway.multipart import MultipartError, PartReader, boundary_of
+from gateway.ownership import Resource
 from gateway.profiles import DICOM_JSON, JPEG
-from gateway.qido import MATCHING_CHARACTERS, bad_parameter
+from gateway.qido import MATCHING_CHARACTERS, bad_parameter, validate_patient_id
 from gateway.related import spool_related
+from gateway.scoped_parts import ScopedParts
 from gateway.settings import Settings
 from gateway.uploads import ExamUploads, FilePart
 from gateway.upstream import UpstreamClient, UpstreamStream
@@ -169,7 +174,10 @@ class DicomWeb:
                          *(["instances", target.instance] if target.instance else []), *target.rest])
         kind = target.rest[0] if target.rest else "retrieve"
         if kind == "metadata":
-            return await self._metadata(path, self._base_for(request))
+            return await self._metadata(path, self._base_for(request), access)
+        if kind in ("rendered", "thumbnail", "frames", "bulk"):
+            # These carry no PatientID to check, so the resource must be the caller's alone under its UID.
+            await self._check_alone(access, Resource(target.study, target.series, target.instance))
         if kind == "rendered" or target.rest[-1:] == ["rendered"] or kind == "thumbnail":
             accept = PNG if PNG in request.headers.get("accept", "") and JPEG not in request.headers.get("accept", "") \
                 else JPEG
@@ -180,9 +188,7 @@ class DicomWeb:
             return await self._relay("GET", path, "dicomweb_frames", _multipart_accept(request, OCTET_MULTIPART), [])
         if kind == "bulk":
             return await self._relay("GET", path, "dicomweb_bulk", OCTET_MULTIPART, [], extra=CROSS_ORIGIN)
-        if target.instance and _wants_single_part(request):
-            return await self._single_instance(path, target.instance)
-        return await self._relay("GET", path, "dicomweb_retrieve", DICOM_MULTIPART, [])
+        return await self._retrieve(path, access, single=target.instance is not None and _wants_single_part(request))
 
     # -- POST: STOW-RS ---------------------------------------------------------------------------------------------
 
@@ -218,53 +224,60 @@ class DicomWeb:
                             headers={"Cache-Control": "no-store"})
 
     async def _check_study(self, access: Access, study: str, series: str | None) -> None:
-        """404 for a study outside the caller's reach (the same answer as for one that does not exist)."""
+        """404 for a study (or series) outside the caller's reach, the same answer as for one that does not exist."""
         if access.study is not None and study != access.study:
             raise NotFound("no such study", {"study": study})
-        if access.patient is not None and not await self._exams.owns(access.patient, study, series):
+        if access.patient is not None and not await self._exams.ownership.holds(access.patient,
+                                                                                 Resource(study, series)):
             raise NotFound("no such study", {"study": study})
 
+    async def _check_alone(self, access: Access, resource: Resource) -> None:
+        if access.patient is not None and not await self._exams.ownership.holds_only(access.patient, resource):
+            raise NotFound("no such resource", {"uid": resource.uid})
+
     async def _search(self, request: Request, access: Access, target: Target) -> Response:
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        query = parse_qido(request.query_params)
         if target.study is not None:
             await self._check_study(access, target.study, target.series)
+        # A scoped caller's filters narrow within its scope and never widen it: its own patient (and study) are
+        # asked for whatever else the query says, and a filter naming something outside them finds nothing.
+        drop: list[str] = []
+        scope: list[tuple[str, str]] = []
         if access.study is not None:
-            # At most the token's study: a StudyInstanceUID filter (a list, a backslash, a wildcard) is intersected
-            # with it, and the PACS is only ever asked for the token's study.
-            asked = [v for k, v in params if k in ("StudyInstanceUID", "0020000D")]
-            if asked and not all(_uid_filter_matches(value, access.study) for value in asked):
-                return JSONResponse([], headers=PRIVATE, media_type=DICOM_JSON)
-            params = [(k, v) for k, v in params if k not in ("StudyInstanceUID", "0020000D")]
+            asked = query.match("StudyInstanceUID")
+            if asked is not None and access.study not in uid_list("StudyInstanceUID", asked):
+                return _datasets([])
+            drop.append("StudyInstanceUID")
             if target.study is None:
-                params.append(("StudyInstanceUID", access.study))
+                scope.append(("StudyInstanceUID", access.study))
         if access.patient is not None:
-            params = [(k, v) for k, v in params if k not in ("PatientID", "00100020")]
-            if target.study is None:
-                params.append(("PatientID", self._upstream.profile.exact_value(access.patient)))
-            params.append(("includefield", PATIENT_ID))
-        if access.study is not None or access.patient is not None:
-            params.append(("includefield", STUDY_UID))
+            asked = query.match("PatientID")
+            if asked is not None and asked != access.patient:
+                return _datasets([])
+            drop.append("PatientID")
+            scope += [("PatientID", self._upstream.profile.exact_value(access.patient)),
+                      ("includefield", PATIENT_ID), ("includefield", STUDY_UID)]
         path = "/".join(filter(None, ["studies" if target.study else None, target.study,
                                       "series" if target.series else None, target.series, target.search]))
-        found = await self._exams.qido(path, params)
-        if access.study is not None:
-            found = [ds for ds in found if ds.string(STUDY_UID) in (None, access.study)]
-        if access.patient is not None and target.study is None:
-            found = [ds for ds in found if ds.string(PATIENT_ID) == access.patient]
-        return JSONResponse([self._rewrite(ds.raw, self._base_for(request)) for ds in found], headers=PRIVATE,
-                            media_type=DICOM_JSON)
+        found = await self._exams.qido(path, [*query.params(without=tuple(drop)), *scope])
+        found = [ds for ds in found if _in_scope(ds, access)]
+        return _datasets([self._rewrite(ds.raw, self._base_for(request)) for ds in found])
 
-    async def _metadata(self, path: str, base: str) -> Response:
+    async def _metadata(self, path: str, base: str, access: Access) -> Response:
         answer = await self._upstream.request("GET", path, operation="dicomweb_metadata",
                                               headers={"Accept": DICOM_JSON, "Forwarded": self._forwarded})
         if answer.status_code in (400, 404):
             raise NotFound("no such resource", {"path": f"/dicomweb/{path}"})
         if answer.status_code != 200:
             raise UpstreamFailed("the PACS refused the metadata", {"upstream_status": answer.status_code})
-        payload = answer.json()
-        datasets = payload if isinstance(payload, list) else []
-        return JSONResponse([self._rewrite(ds, base) for ds in datasets if isinstance(ds, dict)], headers=PRIVATE,
-                            media_type=DICOM_JSON)
+        try:
+            datasets = DicomJson.list_from(answer.json())
+        except ValueError:
+            raise UpstreamFailed("the PACS answered the metadata with something other than DICOM JSON") from None
+        kept = [ds for ds in datasets if _in_scope(ds, access)]
+        if not kept:  # every dataset was another patient's: as if nothing were there
+            raise NotFound("no such resource", {"path": f"/dicomweb/{path}"})
+        return _datasets([self._rewrite(ds.raw, base) for ds in kept])
 
     def _base_for(self, request: Request) -> str:
         """The gateway's `/dicomweb` as this caller reaches it: PUBLIC_BASE_URL, or what a trusted proxy says
@@ -307,6 +320,45 @@ class DicomWeb:
         upstream = await self._upstream.open_stream(method, path, operation=operation, params=params,
                                                     headers={"Accept": accept, "Forwarded": self._forwarded})
         await _expect(upstream, path)
+        return self._relayed(upstream, extra)
+
+    async def _retrieve(self, path: str, access: Access, *, single: bool) -> Response:
+        """WADO-RS of a study, series or instance; for a scoped caller only the parts that are its patient's files.
+        `single`: the client asked for one `application/dicom` body (Orthanc only sends multipart: it is unwrapped)."""
+        upstream = await self._upstream.open_stream("GET", path, operation="dicomweb_retrieve",
+                                                    headers={"Accept": DICOM_MULTIPART, "Forwarded": self._forwarded})
+        await _expect(upstream, path)
+        if access.patient is None and not single:
+            return self._relayed(upstream)
+        try:
+            content_type = upstream.headers.get("Content-Type", "")
+            boundary = boundary_of(content_type)
+            reader = PartReader(upstream.iter_raw(), boundary)
+            body: AsyncIterator[bytes]
+            if access.patient is None:
+                found, body = await reader.next_part(), reader.body()
+            else:
+                parts = ScopedParts(reader, boundary, access.patient)
+                found, body = await parts.first(), parts.body()
+                if single and found:
+                    body = parts.first_body()
+        except MultipartError as exc:
+            await upstream.aclose()
+            raise UpstreamFailed("the PACS answered with a malformed multipart body", {"reason": str(exc)}) from None
+        except BaseException:
+            await upstream.aclose()
+            raise
+        if not found:
+            await upstream.aclose()
+            raise NotFound("no such resource", {"path": f"/dicomweb/{path}"})
+        headers = {**PRIVATE}
+        if single:
+            if reader.length is not None:
+                headers["Content-Length"] = str(reader.length)
+            return UpstreamRelay([], body, upstream, media_type="application/dicom", headers=headers)
+        return UpstreamRelay([], body, upstream, media_type=content_type, headers=headers)
+
+    def _relayed(self, upstream: UpstreamStream, extra: dict[str, str] | None = None) -> Response:
         headers = {**PRIVATE, **(extra or {})}
         length = upstream.headers.get("Content-Length")
         if length is not None:
@@ -315,21 +367,15 @@ class DicomWeb:
                              media_type=upstream.headers.get("Content-Type", "application/octet-stream"),
                              headers=headers)
 
-    async def _single_instance(self, path: str, sop: str) -> Response:
-        """`Accept: application/dicom` on an instance: Orthanc only sends multipart, so the one part is unwrapped."""
-        upstream = await self._upstream.open_stream("GET", path, operation="dicomweb_retrieve",
-                                                    headers={"Accept": DICOM_MULTIPART, "Forwarded": self._forwarded})
-        await _expect(upstream, path)
-        try:
-            reader = SinglePartReader(upstream.iter_raw(), boundary_of(upstream.headers.get("Content-Type", "")))
-            part = await reader.open()
-        except BaseException:
-            await upstream.aclose()
-            raise
-        headers = {**PRIVATE}
-        if "content-length" in part:
-            headers["Content-Length"] = part["content-length"]
-        return UpstreamRelay([], reader.body(), upstream, media_type="application/dicom", headers=headers)
+
+def _in_scope(dataset: DicomJson, access: Access) -> bool:
+    """Whether a dataset the PACS answered belongs to the caller (a dataset without the attribute does not)."""
+    return ((access.patient is None or dataset.string(PATIENT_ID) == access.patient)
+            and (access.study is None or dataset.string(STUDY_UID) == access.study))
+
+
+def _datasets(datasets: list[Any]) -> Response:
+    return JSONResponse(datasets, headers=PRIVATE, media_type=DICOM_JSON)
 
 
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -350,16 +396,6 @@ async def _expect(upstream: UpstreamStream, path: str) -> None:
     if status == 406:
         raise BadRequest("the PACS cannot produce this representation", {"path": f"/dicomweb/{path}"})
     raise UpstreamFailed("the PACS failed", {"upstream_status": status})
-
-
-def _uid_filter_matches(value: str, uid: str) -> bool:
-    """Whether a UID filter (a UID, a list split by `,` or `\\`, or a pattern with `*`/`?`) matches `uid`."""
-    for term in re.split(r"[,\\]", value):
-        term = term.strip()
-        pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in term)
-        if term and re.fullmatch(pattern, uid):
-            return True
-    return False
 
 
 def _wants_single_part(request: Request) -> bool:
@@ -411,6 +447,8 @@ class ViewerTokenIssuer:
             raise bad_parameter("role", "patient or diagnostic")
         role = ViewerRole(role_name)
         patient = params.get("patientID")
+        if patient is not None:
+            patient = validate_patient_id(patient, "patientID")
         if Role.CLINICIAN not in caller.roles:
             if role is not ViewerRole.PATIENT:
                 raise Forbidden("a patient may only ask for role=patient", {"parameter": "role"})
@@ -449,13 +487,16 @@ class ViewerTokenIssuer:
                             headers={"Cache-Control": "no-store"})
 
     async def _owner(self, study: str, patient: str | None) -> str | None:
-        """The study's PatientID when it exists (and belongs to `patient`, when given)."""
+        """The patient whose part of the study the token opens: `patient` when the PACS holds the study for them;
+        without one, the study's only patient (409 when it holds more than one: the caller must say whose)."""
+        if patient is not None:
+            return patient if await self._exams.ownership.holds(patient, Resource(study)) else None
         found = await self._exams.qido("studies", [("StudyInstanceUID", study), ("includefield", PATIENT_ID)])
         owners = {ds.string(PATIENT_ID) or "" for ds in found if ds.string(STUDY_UID) in (None, study)}
-        if len(owners) != 1:
-            return None
-        owner = owners.pop()
-        return owner if patient is None or owner == patient else None
+        if len(owners) > 1:
+            raise Conflict("the study holds data of more than one patient: name one with patientID",
+                           {"parameter": "patientID"})
+        return owners.pop() if owners else None
 
 
 def routes(dicomweb: DicomWeb, issuer: ViewerTokenIssuer, authenticator: Authenticator) -> list[Route]:

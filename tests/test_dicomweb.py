@@ -176,12 +176,17 @@ def test_a_token_for_one_study_reaches_no_other_through_paths_or_filters(scene: 
     for path in (f"studies/{scene.study_b}", f"studies/{scene.study_b}/metadata", f"studies/{scene.study_b}/series",
                  f"studies/{scene.study_b}/series/{scene.series_b}/instances/{scene.instance_b}/rendered"):
         assert scene.get(path, viewer).status_code == 404, path
-    for smuggled in (f"{scene.study_a},{scene.study_b}", f"{scene.study_a}\\{scene.study_b}", "*",
-                     f"{scene.study_b}", "1.*"):
+    for smuggled in (f"{scene.study_a},{scene.study_b}", f"{scene.study_b}"):
         for level in ("studies", "series", "instances"):
             answer = scene.get(level, viewer, params={"StudyInstanceUID": smuggled})
             assert answer.status_code == 200
             assert {ds["0020000D"]["Value"][0] for ds in answer.json()} <= {scene.study_a}, (level, smuggled)
+    # UID matching knows no wildcards (PS3.4 §C.2.2.2.4) and lists are comma-separated: refused before the PACS.
+    for smuggled in (f"{scene.study_a}\\{scene.study_b}", "*", "1.*"):
+        for level in ("studies", "series", "instances"):
+            answer = scene.get(level, viewer, params={"StudyInstanceUID": smuggled})
+            assert answer.status_code == 400, (level, smuggled)
+            assert answer.json()["error"]["details"] == {"parameter": "StudyInstanceUID"}
     assert scene.get("studies", viewer, params={"StudyInstanceUID": scene.study_b}).json() == []
     assert [ds["0020000D"]["Value"][0] for ds in scene.get("studies", viewer, params={
         "StudyInstanceUID": f"{scene.study_b},{scene.study_a}"}).json()] == [scene.study_a]
