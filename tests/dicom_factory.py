@@ -124,11 +124,14 @@ def gradient_row(columns: int) -> bytes:
 def generated(patient_id: str, *, study_uid: str | None = None, series_uid: str | None = None, rows: int = 64,
               columns: int = 48, frames: int = 1, accession: str = "ACC1", study_date: str = "20240105",
               modality: str = "CT", description: str = "Generated study", preamble: bytes | None = None,
-              patient_name: str = "Test^Patient", omit: tuple[str, ...] = (), sop_uid: str | None = None) -> Instance:
+              patient_name: str = "Test^Patient", omit: tuple[str, ...] = (), sop_uid: str | None = None,
+              image_comments: str | None = None) -> Instance:
     """A synthetic image file (see `image_dataset`) with a gradient as its pixels."""
     ds = image_dataset(patient_id, study_uid=study_uid, series_uid=series_uid, rows=rows, columns=columns,
                        frames=frames, accession=accession, study_date=study_date, modality=modality,
                        description=description, patient_name=patient_name, sop_uid=sop_uid)
+    if image_comments is not None:
+        ds.ImageComments = image_comments
     ds.PixelData = gradient_row(columns) * rows * frames
     for keyword in omit:
         delattr(ds, keyword)
