@@ -13,6 +13,7 @@ clock-skew leeway; `iss` and `aud` are checked when configured.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -95,16 +96,34 @@ class NoAuthentication:
         return None
 
 
-class JwksKeys:
-    """A JWKS fetched over HTTP, cached for `cache_s`, refetched (at most every `min_refetch_s`) on unknown kids."""
+# After a failed JWKS fetch the next waits this long, doubling with each further failure up to the maximum (and never
+# less than AUTH_JWKS_MIN_REFETCH_S): a down identity provider costs one fetch per period, not one per token.
+JWKS_BACKOFF_S = 1.0
+JWKS_MAX_BACKOFF_S = 60.0
 
-    def __init__(self, url: str, cache_s: float, min_refetch_s: float, client: httpx.AsyncClient) -> None:
+
+class JwksKeys:
+    """A JWKS fetched over HTTP, cached for `cache_s`, refetched on unknown kids; every fetch, failed or not, counts.
+
+    At most one fetch is in flight; requests that waited for it share its outcome. After a success, the next fetch
+    for an unknown kid waits `min_refetch_s`; after a failure, the next fetch of any kind waits for the backoff, and
+    until then a request that needs the IdP is answered 503 (with Retry-After) at once, while tokens signed by keys
+    already held keep verifying.
+    """
+
+    def __init__(self, url: str, cache_s: float, min_refetch_s: float, client: httpx.AsyncClient,
+                 backoff_s: float = JWKS_BACKOFF_S, max_backoff_s: float = JWKS_MAX_BACKOFF_S) -> None:
         self._url = url
         self._cache_s = cache_s
         self._min_refetch_s = min_refetch_s
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
         self._client = client
         self._keys: KeySet | None = None
-        self._fetched_at = float("-inf")
+        self._fetched_at = float("-inf")  # the last successful fetch
+        self._next_fetch_at = float("-inf")  # no fetch before this (monotonic seconds)
+        self._failures = 0  # failed fetches since the last success
+        self._attempts = 0
         self.generation = 0
         self._lock = asyncio.Lock()
 
@@ -116,30 +135,43 @@ class JwksKeys:
 
     async def refetch_for_unknown_kid(self) -> bool:
         """Refetch because a token named a kid we do not know (a rotation); False when rate-limited."""
-        if time.monotonic() - self._fetched_at < self._min_refetch_s:
+        if self._failures == 0 and time.monotonic() < self._next_fetch_at:
             return False
         await self._refresh(stale_ok=False)
         return True
 
     async def _refresh(self, *, stale_ok: bool) -> None:
-        started = self._fetched_at
+        attempts = self._attempts
         async with self._lock:
-            if self._fetched_at != started:  # another request refreshed while we waited
-                return
-            try:
-                response = await self._client.get(self._url, headers={"Accept": "application/json"})
-                response.raise_for_status()
-                keys = KeySet.import_key_set(response.json())
-            except (httpx.HTTPError, ValueError, KeyError, TypeError, JoseError) as exc:
-                log.warning("jwks_fetch_failed", reason=type(exc).__name__)
-                if self._keys is not None and stale_ok:
-                    return  # keep verifying with the keys we have rather than lock everyone out
-                raise ServiceUnavailable("the gateway cannot fetch the keys that verify tokens") from None
-            if self._keys is None or keys.as_dict() != self._keys.as_dict():
-                self.generation += 1  # verifications made with the old keys no longer count
-            self._keys = keys
-            self._fetched_at = time.monotonic()
-            log.info("jwks_fetched", keys=len(keys.keys))
+            # Fetch unless another request did while we waited (then its outcome is ours) or we are backing off.
+            if self._attempts == attempts and not (self._failures and time.monotonic() < self._next_fetch_at):
+                await self._fetch()
+                self._attempts += 1  # after the fetch: requests that waited for this one see that it happened
+            if self._failures and not (stale_ok and self._keys is not None):
+                # Keep verifying with the keys we have rather than lock everyone out; without them, 503.
+                retry_after = max(1, math.ceil(self._next_fetch_at - time.monotonic()))
+                raise ServiceUnavailable("the gateway cannot fetch the keys that verify tokens",
+                                         {"retry_after_s": retry_after}, headers={"Retry-After": str(retry_after)})
+
+    async def _fetch(self) -> None:
+        try:
+            response = await self._client.get(self._url, headers={"Accept": "application/json"})
+            response.raise_for_status()
+            keys = KeySet.import_key_set(response.json())
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, JoseError) as exc:
+            self._failures += 1
+            backoff = min(self._backoff_s * 2 ** (self._failures - 1), self._max_backoff_s)
+            self._next_fetch_at = time.monotonic() + max(backoff, self._min_refetch_s)
+            log.warning("jwks_fetch_failed", reason=type(exc).__name__, failures=self._failures,
+                        retry_in_s=round(self._next_fetch_at - time.monotonic(), 1))
+            return
+        if self._keys is None or keys.as_dict() != self._keys.as_dict():
+            self.generation += 1  # verifications made with the old keys no longer count
+        self._keys = keys
+        self._failures = 0
+        self._fetched_at = time.monotonic()
+        self._next_fetch_at = self._fetched_at + self._min_refetch_s
+        log.info("jwks_fetched", keys=len(keys.keys))
 
 
 # A verified token is remembered (its signature and claims are not checked again) for at most this long, never past
@@ -232,22 +264,58 @@ class JwtAuthenticator:
             return jwt.decode(raw, await self._jwks.current(), algorithms=self._algorithms)
 
     def _caller(self, claims: dict[str, Any]) -> Caller:
-        value: Any = claims
-        for part in self._roles_path:  # a dotted path reaches nested claims, e.g. Keycloak's realm_access.roles
-            value = value.get(part) if isinstance(value, dict) else None
-        names = value.replace(",", " ").split() if isinstance(value, str) else value
-        roles = {Role(n) for n in names if n in _ROLE_NAMES} if isinstance(names, list) else set()
-        patient = claims.get(self._patient_claim)
-        patient_id = patient if isinstance(patient, str) and patient.strip() else None
-        if Role.PATIENT in roles and patient_id is None:
-            # A patient token that does not say which patient grants nothing patient-scoped.
-            roles.discard(Role.PATIENT)
+        roles = _roles(claims, self._roles_path)
+        patient_id = None
+        if Role.PATIENT in roles:
+            patient = claims.get(self._patient_claim)
+            if patient is None:
+                # A patient token that does not say which patient grants nothing patient-scoped.
+                roles.discard(Role.PATIENT)
+            else:
+                patient_id = _patient_scope(patient, self._patient_claim)
         sub = claims.get("sub")
-        return Caller(
-            subject=sub if isinstance(sub, str) else "unknown",
-            roles=frozenset(roles),
-            patient_id=patient_id if Role.PATIENT in roles else None,
-        )
+        return Caller(subject=sub if isinstance(sub, str) else "unknown", roles=frozenset(roles),
+                      patient_id=patient_id)
+
+
+def _roles(claims: dict[str, Any], path: list[str]) -> set[Role]:
+    """The gateway's roles named by the roles claim: absent, a string ("a b" or "a,b") or a list of strings."""
+    value: Any = claims
+    for part in path:  # a dotted path reaches nested claims, e.g. Keycloak's realm_access.roles
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return set()
+    names = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise Forbidden("the token's roles claim must be a string or a list of strings", {"claim": ".".join(path)})
+    return {Role(name) for name in names if name in _ROLE_NAMES}
+
+
+# Characters a PACS reads as more than one value: `*` and `?` are wildcards (PS3.4 §C.2.2.2.4), `\` separates the
+# values of a list (PS3.5 §6.4, PS3.4 §C.2.2.2.2) and `,` those of a QIDO-RS query parameter (PS3.18 §8.3.4.1).
+_MATCHING_CHARACTERS = frozenset("*?\\,")
+
+
+def _patient_scope(value: Any, claim: str) -> str:
+    """The patient a patient token is scoped to: a value with one reading when matched against PatientID.
+
+    A string of 1-64 characters (the LO of PatientID, PS3.5 Table 6.2-1), all printable (no control, format or
+    separator character: no NUL, no ESC, no bidirectional override), no leading or trailing space, and none of
+    `* ? \\ ,`. Anything else is 403 naming the claim: it is never guessed at, trimmed or escaped.
+    """
+    if not isinstance(value, str):
+        problem = "must be a string"
+    elif not 1 <= len(value) <= 64:
+        problem = "must be 1-64 characters"
+    elif not value.isprintable():
+        problem = "must be printable characters only"
+    elif value != value.strip(" "):
+        problem = "must not start or end with a space"
+    elif not _MATCHING_CHARACTERS.isdisjoint(value):
+        problem = "must not hold the matching characters * ? \\ ,"
+    else:
+        return value
+    raise Forbidden(f"the token's patient claim {problem}", {"claim": claim})
 
 
 def _bearer_token(request: Request) -> str:
