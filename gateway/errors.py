@@ -33,6 +33,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 log = structlog.get_logger(__name__)
 
@@ -162,9 +163,22 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         exc.status_code, (_CODE_BY_STATUS.get(exc.status_code, "http_error"), str(exc.detail))
     )
     details: dict[str, Any] = {"path": request.url.path}
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
         details["method"] = request.method
-    return error_response(exc.status_code, code, message, details, dict(exc.headers or {}))
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, code, message, details, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path has (RFC 9110 §15.5.6). Starlette's 405 names only the methods of the first route whose
+    path matches, and a path may be served by several routes (`/dicomweb/...`: one for GET, one for POST)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
