@@ -3,9 +3,10 @@
 pydicom parses a small file's header in ~160 µs; uploads of many small instances spend most of the gateway's time
 there. This reader walks the bytes of a Part 10 file (PS3.10 §7.1) in little endian, explicit or implicit VR
 (PS3.5 §7.1.2, §7.1.3), skipping sequences of defined or undefined length (PS3.5 §7.5), until the last identifier
-it needs, and returns their raw values. Anything else (big endian, deflate, a non-ASCII PatientID, odd structure)
-returns None and the caller parses with pydicom, so the fast path can only be faster, never different: a test
-compares both on every bundled file and on damaged ones.
+it needs, and returns their values: the UIDs as text, the PatientID as `gateway.identifiers` reads its raw bytes
+(raising `IdentifierError` when they have no one reading), the same function the pydicom path applies to the same
+bytes. Anything else (big endian, deflate, odd structure) returns None and the caller parses with pydicom, so the
+fast path can only be faster, never different: a test compares both on every bundled file and on damaged ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import struct
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
+
+from gateway.identifiers import patient_id_from_bytes
 
 _MAGIC_AT = 128
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -33,12 +36,11 @@ WANTED = {
     0x0020000E: "SeriesInstanceUID",
 }
 _LAST = max(WANTED)
-_EXPECTED_VR = {tag: (b"LO" if name == "PatientID" else b"UI") for tag, name in WANTED.items()} | {
-    0x00020010: b"UI", 0x00080005: b"CS"}
+_PATIENT_ID = 0x00100020
+# The UIDs must carry their own VR (else pydicom decides); the PatientID's VR is judged by `gateway.identifiers`.
+_EXPECTED_VR = {tag: b"UI" for tag in WANTED if tag != _PATIENT_ID} | {0x00020010: b"UI", 0x00080005: b"CS"}
 _CHARACTER_SET = 0x00080005
-# PS3.3 C.12.1.1.2: character sets in which bytes 0x20-0x7E are ASCII (identifiers here are ASCII bytes).
-_ASCII_COMPATIBLE = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144",
-                               "ISO_IR 127", "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 203", "ISO_IR 192"})
+DEFLATED = "1.2.840.10008.1.2.1.99"
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
@@ -52,7 +54,8 @@ class _Unsupported(Exception):
 def read_identifiers(data: bytes | memoryview, *, complete: bool) -> dict[str, str] | None:
     """The identifiers (absent ones missing from the dict), or None when pydicom must parse this file.
 
-    `data` is the file or, when `complete` is false, its first bytes.
+    `data` is the file or, when `complete` is false, its first bytes. `IdentifierError` when the PatientID's bytes
+    have no one reading (the pydicom path refuses the same bytes for the same reason).
     """
     try:
         return _read(data, complete)
@@ -68,30 +71,44 @@ def _read(data: bytes | memoryview, complete: bool) -> dict[str, str] | None:
         raise _Unsupported
     walker = _Walker(data, explicit=syntax != IMPLICIT_LE)
     found: dict[str, str] = {}
+    charset: bytes | None = None
+    patient_id: tuple[bytes, str | None] | None = None
     while True:
         if pos + 8 > len(data):
-            if complete:
-                return found
-            raise _Unsupported  # the prefix ended before the identifiers: pydicom reads the whole file
+            if not complete:
+                raise _Unsupported  # the prefix ended before the identifiers: pydicom reads the whole file
+            break
         tag, length, header = walker.element(pos)
         if tag > _LAST:
-            return found
+            break
         value_at = pos + header
         if length == _UNDEFINED:
             pos = walker.skip_undefined(value_at)
             continue
-        if tag == _CHARACTER_SET:
-            charset = bytes(data[value_at : value_at + length]).decode("ascii").strip(" \x00")
-            if any(term.strip() not in _ASCII_COMPATIBLE for term in charset.split("\\")):
-                raise _Unsupported  # e.g. ISO 2022 JIS: the same bytes may not mean the same characters
-        if tag in WANTED:
+        if tag in WANTED or tag == _CHARACTER_SET:
             raw = bytes(data[value_at : value_at + length])
             if len(raw) != length:
                 raise _Unsupported
-            text = raw.decode("ascii")  # non-ASCII (a PatientID in another character set): pydicom decodes it
-            # As pydicom reads them: UIDs lose padding and surrounding white space, an LO its padding spaces.
-            found[WANTED[tag]] = text.strip("\x00").strip() if tag != 0x00100020 else text.strip(" \x00")
+            if tag == _CHARACTER_SET:
+                charset = raw
+            elif tag == _PATIENT_ID:
+                patient_id = raw, walker.vr(pos)
+            else:
+                found[WANTED[tag]] = raw.decode("ascii").strip("\x00").strip()  # as pydicom reads a UID
         pos = value_at + length
+    if patient_id is not None:
+        found["PatientID"] = patient_id_from_bytes(patient_id[0], patient_id[1], charset)
+    return found
+
+
+def transfer_syntax(data: bytes | memoryview) -> str | None:
+    """The Transfer Syntax UID a Part 10 file declares, when its file meta information can be walked."""
+    if bytes(data[_MAGIC_AT : _MAGIC_AT + 4]) != b"DICM":
+        return None
+    try:
+        return _file_meta(data, _MAGIC_AT + 4)[1]
+    except (_Unsupported, struct.error, UnicodeDecodeError):
+        return None
 
 
 def _file_meta(data: Any, pos: int) -> tuple[int, str]:
@@ -130,6 +147,10 @@ class _Walker:
             return tag, _U32.unpack_from(self.data, pos + 8)[0], 12
         return tag, _U16.unpack_from(self.data, pos + 6)[0], 8
 
+    def vr(self, pos: int) -> str | None:
+        """The VR the element at `pos` carries (None in implicit VR)."""
+        return bytes(self.data[pos + 4 : pos + 6]).decode("ascii") if self.explicit else None
+
     def skip_undefined(self, pos: int) -> int:
         """Skip the items of an undefined-length sequence starting at `pos`; return what follows its delimiter."""
         while True:
@@ -158,7 +179,6 @@ class _Walker:
 _DELIMITS = frozenset({(_ITEM_END, "item"), (_SEQUENCE_END, "seq"), (_SEQUENCE_END, "pixels")})
 MAX_NESTING = 16  # sequences within sequences; real IODs stay under ~6, Orthanc 1.10 crashes at ~50 (measured)
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = 0x7FE00010
 
 
@@ -184,7 +204,7 @@ def _check(data: Any) -> None:
     if bytes(data[_MAGIC_AT : _MAGIC_AT + 4]) != b"DICM":
         raise StructureError("no DICM prefix")
     pos, syntax = _file_meta(data, _MAGIC_AT + 4)
-    if syntax == _DEFLATED:
+    if syntax == DEFLATED:
         raise StructureError("deflated files are not accepted")
     big = syntax == _EXPLICIT_BE
     explicit = syntax != IMPLICIT_LE

@@ -19,9 +19,10 @@ from starlette.datastructures import QueryParams
 
 from gateway.dicom import is_valid_uid
 from gateway.errors import BadRequest
+from gateway.identifiers import MATCHING_CHARACTERS as MATCHING_CHARACTERS  # re-exported for the routes
+from gateway.identifiers import IdentifierError, exact_identifier
 
 PATIENT_ID_SPELLINGS = ("PatientId", "patientId", "patientID", "PatientID")
-MATCHING_CHARACTERS = frozenset("*?\\,")
 _LO_MAX = 64  # PS3.5 Table 6.2-1: Long String
 _SH_MAX = 16  # Short String
 _CS_RE = re.compile(r"[A-Z0-9_ ]{1,16}")  # Code String
@@ -86,21 +87,15 @@ def optional_patient_id(params: QueryParams, name: str) -> str | None:
 
 
 def validate_patient_id(value: str, name: str = "PatientID") -> str:
-    """A Patient ID (LO) to match exactly: 1-64 characters, no control or matching characters."""
-    value = value.strip(" ")
-    if not value:
-        raise bad_parameter(name, "must not be empty")
-    _check_exact_text(name, value, _LO_MAX)
-    return value
+    """A Patient ID (LO) to match exactly, by the rule its stored bytes follow (`gateway.identifiers`)."""
+    return _exact_text(name, value, _LO_MAX)
 
 
-def _check_exact_text(name: str, value: str, max_length: int) -> None:
-    if len(value) > max_length:
-        raise bad_parameter(name, f"at most {max_length} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise bad_parameter(name, "control characters are not allowed")
-    if MATCHING_CHARACTERS.intersection(value):
-        raise bad_parameter(name, "wildcards (* ?), lists (,) and multiple values (\\) are not allowed")
+def _exact_text(name: str, value: str, max_length: int) -> str:
+    try:
+        return exact_identifier(value, max_length)
+    except IdentifierError as exc:
+        raise bad_parameter(name, str(exc)) from None
 
 
 def parse_search(params: QueryParams, level: Level) -> SearchQuery:
@@ -187,11 +182,8 @@ def _code_strings(name: str, value: str) -> str:
 
 
 def exact_short_string(name: str, value: str) -> str:
-    value = value.strip(" ")
-    if not value:
-        raise bad_parameter(name, "must not be empty")
-    _check_exact_text(name, value, _SH_MAX)
-    return value
+    """An AccessionNumber (SH) to match exactly, by the same rule as a Patient ID."""
+    return _exact_text(name, value, _SH_MAX)
 
 
 def _uids(name: str, value: str) -> str:
