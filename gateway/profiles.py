@@ -45,6 +45,10 @@ class UpstreamProfile:
     exact_matching: bool = True
     # Orthanc: existence checks by computed resource id on its native API (`gateway.orthanc`), O(1) and exact.
     orthanc_native_ids: bool = False
+    # Whether the gateway can remove an instance it stored (Orthanc: native `POST /tools/lookup` with the SOP
+    # Instance UID, then `DELETE /instances/{id}`; DICOMweb has no delete, orthanc.md pitfall 8). Used when the PACS
+    # filed an upload under another PatientID than the gateway checked (`gateway.readback`).
+    deletes_instances_natively: bool = False
     # A cheap DICOMweb request that proves the upstream answers (readiness).
     readiness_path: str = "studies?limit=1"
 
@@ -92,6 +96,7 @@ PROFILES: dict[PacsProfileName, UpstreamProfile] = {
         wildcard_unsendable=True,
         exact_matching=False,
         orthanc_native_ids=True,
+        deletes_instances_natively=True,
     ),
     PacsProfileName.AZURE: UpstreamProfile(
         name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True

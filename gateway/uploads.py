@@ -51,6 +51,7 @@ from gateway.part10 import (
     read_header_data,
 )
 from gateway.profiles import DICOM_JSON
+from gateway.readback import verify_filed_patient
 from gateway.scope import require_patient_access
 from gateway.upstream import UpstreamClient, UpstreamStream
 
@@ -198,6 +199,8 @@ class ExamUploads:
                      "response": [_stow_failures(duplicates).raw]},
                 )
             dataset = await self._store(fresh)
+            if Role.CLINICIAN not in caller.roles:  # defence in depth: filed under exactly the checked PatientID
+                await verify_filed_patient(self._upstream, fresh, dataset)
         finally:
             await series.aclose()
         note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))

@@ -257,6 +257,21 @@ class UpstreamClient:
                           content: bytes | None = None) -> Any:
         """The JSON answer of Orthanc's native `{method} /{path}` (`path` already encoded, query included), None on
         404."""
+        status, body = await self.native_call(method, path, operation=operation, content=content)
+        if status == 404:
+            return None
+        unexpected = UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": status})
+        if status != 200:
+            raise unexpected
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise unexpected from None
+
+    async def native_call(self, method: str, path: str, *, operation: str, content: bytes | None = None
+                          ) -> tuple[int, bytes]:
+        """Orthanc's native `{method} /{path}` with any answer (`DELETE /instances/{id}`, an attachment's MD5): its
+        status and body. Upstream 401/403/5xx raise as everywhere (`check_upstream_status`)."""
         session = self._opened()
         sent = await self._headers({"Accept": "application/json"})
         started = time.perf_counter()
@@ -267,15 +282,7 @@ class UpstreamClient:
         self._record(operation, response.status, started)
         self._note_rejection(response.status, sent)
         check_upstream_status(response.status, operation)
-        if response.status == 404:
-            return None
-        unexpected = UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": response.status})
-        if response.status != 200:
-            raise unexpected
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise unexpected from None
+        return response.status, body
 
     async def native_exists(self, kind: str, resource_id: str) -> bool:
         return await self.native_resource(kind, resource_id) is not None
