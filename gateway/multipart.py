@@ -80,12 +80,13 @@ class PartReader:
             start = self._buffer.find(self._delimiter) if not self._started else (
                 2 if self._buffer.startswith(b"\r\n" + self._delimiter) else -1)
             after = start + len(self._delimiter)
-            if start >= 0 and len(self._buffer) >= after + 2:
-                if self._buffer[after : after + 2] == b"--":
-                    return False
-                end = self._buffer.find(b"\r\n\r\n", after - 2)
-                if end >= 0:
-                    break
+            if start >= 0:
+                if len(self._buffer) >= after + 2:
+                    if self._buffer[after : after + 2] == b"--":
+                        return False
+                    end = self._buffer.find(b"\r\n\r\n", after)
+                    if end >= 0:
+                        break
             elif self._started and len(self._buffer) >= len(self._delimiter) + 2:
                 raise MultipartError("a part is not followed by a delimiter")
             if len(self._buffer) > _MAX_PART_HEADER_BYTES:
