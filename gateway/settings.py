@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
     exams_max_files: int = Field(default=1000, ge=1)
 
+    # --- the HTTP edge (gateway.edge): limits on request heads, as servers facing the internet set -------------------
+    http_max_field_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)  # one header field, name and value
+    http_max_head_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)  # request line and fields
+    http_max_fields: int = Field(default=100, ge=1, le=10_000)
+    http_head_timeout_s: float = Field(default=5.0, gt=0, le=300)  # the whole head, from the connection or 1st byte
+    http_max_query_bytes: int = Field(default=8 * 1024, ge=256, le=16 * 1024 * 1024)
+    http_max_query_params: int = Field(default=200, ge=1, le=100_000)
+
     # --- logging --------------------------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -195,7 +203,13 @@ class Settings(BaseSettings):
         self._check_inbound_auth()
         self._check_callbacks()
         self._check_viewer()
+        self._check_edge()
         return self
+
+    def _check_edge(self) -> None:
+        if self.http_max_head_bytes < max(self.http_max_field_bytes, self.http_max_query_bytes):
+            raise ValueError("HTTP_MAX_HEAD_BYTES must be at least HTTP_MAX_FIELD_BYTES and HTTP_MAX_QUERY_BYTES "
+                             "(the head holds them)")
 
     def _check_viewer(self) -> None:
         secret = self.viewer_token_secret
