@@ -1,0 +1,127 @@
+"""The read-back after a patient's upload (`gateway.readback`): a PACS that files an instance under another PatientID
+than the gateway checked makes the upload 502, the instance is removed (Orthanc), and a security event is logged.
+
+No byte the gateway accepts makes Orthanc 1.10 misfile (that is the rule's job, test_patient_id_bytes), so the
+mismatch is forced: a PACS stand-in in front of the real Orthanc that rewrites the PatientID of what it is sent (as
+a PACS coercing identifiers would), and the read-back on its own against a file stored under another ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+from structlog.testing import capture_logs
+
+from gateway.dicomjson import DicomJson
+from gateway.errors import UpstreamFailed
+from gateway.metrics import Metrics
+from gateway.part10 import InstanceHeader
+from gateway.profiles import profile_for
+from gateway.readback import verify_filed_patient
+from gateway.settings import PacsProfileName
+from gateway.upstream import UpstreamClient
+from tests.conftest import make_settings
+from tests.dicom_factory import generated
+from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
+from tests.orthanc import Orthanc
+from tests.security.crafted import filed_under, stow_direct
+from tests.servers import serve
+
+
+@dataclass
+class CoercingPacs:
+    """Forwards to Orthanc, replacing `old` with `new` (same length) in every STOW-RS body: files what it is sent
+    under another PatientID."""
+
+    target: str
+    old: bytes
+    new: bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message: Message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "POST" and scope["path"] == "/dicom-web/studies":
+            body = body.replace(self.old, self.new)
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")]
+        url = self.target + scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.request(scope["method"], httpx.URL(url), headers=headers, content=body)
+        out = [(k.encode(), v.encode()) for k, v in response.headers.items()
+               if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": [*out, (b"content-length", str(len(response.content)).encode())]})
+        await send({"type": "http.response.body", "body": response.content})
+
+
+@pytest.mark.parametrize("profile", ["orthanc", "standard"])
+async def test_upload_filed_under_another_patient_is_502_removed_and_logged(orthanc: Orthanc, profile: str) -> None:
+    me = new_patient_id("SELF")
+    other = "OTHR" + me[4:]  # same length: the stand-in swaps the bytes in place
+    files = [generated(me), generated(me)]
+    with serve(CoercingPacs(orthanc.url, me.encode(), other.encode())) as pacs:
+        async with gateway(f"{pacs.url}/dicom-web", pacs_profile=profile) as client:
+            with capture_logs() as logs:
+                response = await Exams(client).upload(*files, headers=patient(me))
+    body = error(response, 502, "upstream_error")
+    assert body["details"]["reason"] == "patient_id_mismatch"
+    assert sorted(body["details"]["instances"]) == sorted(f.sop_uid for f in files)
+    [event] = [entry for entry in logs if entry["event"] == "security_patient_id_mismatch"]
+    assert event["log_level"] == "warning"
+    assert event["instances"] == 2
+    assert me not in str(event)
+    assert other not in str(event)
+    for file in files:
+        if profile == "orthanc":  # native DELETE: gone
+            assert body["details"]["removed"] == 2
+            assert await filed_under(orthanc.url, file.sop_uid) == []
+        else:  # no delete in DICOMweb: reported, left for the operator
+            assert body["details"]["removed"] == 0
+            assert await filed_under(orthanc.url, file.sop_uid) == [other]
+
+
+async def test_upload_filed_as_checked_passes_the_read_back(orthanc: Orthanc) -> None:
+    """The stand-in rewrites nothing of this upload: one series lookup after the STOW, and 200."""
+    me = new_patient_id("SELF")
+    file = generated(me)
+    with serve(CoercingPacs(orthanc.url, b"NOT-IN-THIS-UPLOAD", b"NOT-IN-THIS-UPLOAD")) as pacs:
+        async with gateway(f"{pacs.url}/dicom-web") as client:
+            assert (await Exams(client).upload(file, headers=patient(me))).status_code == 200
+            assert (await Exams(client).upload(generated(me), headers=clinician())).status_code == 200
+    assert await filed_under(orthanc.url, file.sop_uid) == [me]
+
+
+@dataclass(frozen=True)
+class _Stored:
+    header: InstanceHeader
+
+
+async def test_read_back_removes_an_instance_orthanc_holds_under_another_id(orthanc: Orthanc) -> None:
+    """Unit level, against the real Orthanc: an instance stored under FILED while the gateway checked CHECKED."""
+    filed, checked = new_patient_id("FILED"), new_patient_id("CHECKED")
+    instance = generated(filed)
+    assert await stow_direct(orthanc.dicomweb_url, instance.data) == 200
+    header = InstanceHeader(instance.study_uid, instance.series_uid, instance.sop_uid, "1.2.840.10008.5.1.4.1.1.2",
+                            checked)
+    answer = DicomJson({"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [instance.sop_uid]}}]}})
+    settings = make_settings(pacs_service_url=orthanc.dicomweb_url, pacs_profile="orthanc")
+    async with UpstreamClient(settings, profile_for(PacsProfileName.ORTHANC), Metrics()) as upstream:
+        with capture_logs() as logs, pytest.raises(UpstreamFailed) as raised:
+            await verify_filed_patient(upstream, [_Stored(header)], answer)
+        # The same instance, checked as FILED: nothing to say.
+        own = InstanceHeader(header.study_uid, header.series_uid, header.sop_instance_uid, header.sop_class_uid,
+                             filed)
+        assert await stow_direct(orthanc.dicomweb_url, instance.data) == 200
+        await verify_filed_patient(upstream, [_Stored(own)], answer)
+    assert raised.value.details == {"reason": "patient_id_mismatch", "instances": [instance.sop_uid], "removed": 1}
+    assert [entry["event"] for entry in logs] == ["security_patient_id_mismatch"]
+    assert await filed_under(orthanc.url, instance.sop_uid) == [filed]  # stored again above, and kept
