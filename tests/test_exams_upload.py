@@ -216,7 +216,8 @@ async def test_stow_reaches_the_upstream_as_one_multipart_related_request(
     # (and, after a patient's upload, once more: the read-back of what Orthanc filed, gateway.readback)
     assert lookups == [f"/series/{orthanc_id(pid, study, series)}"] * (2 if role == "patient" else 1)
     if role == "patient":
-        assert proxy.seen[-1].path == lookups[-1] and proxy.seen[-2].path == "/dicom-web/studies"
+        assert proxy.seen[-1].path == lookups[-1]
+        assert proxy.seen[-2].path == "/dicom-web/studies"
     # ... a patient's upload is also checked for its SOP Instance UIDs anywhere (one query for all) ...
     searches = [seen for seen in proxy.seen if seen.path == "/dicom-web/instances"]
     assert len(searches) == (1 if role == "patient" else 0)

@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import UnprocessableContent
-from gateway.multipart import MultipartError, SinglePartReader, boundary_of
 from gateway.identifiers import IdentifierError
+from gateway.multipart import MultipartError, SinglePartReader, boundary_of
 from gateway.part10 import (
     PARSE_ERRORS,
     PatientIdProbe,
