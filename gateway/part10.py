@@ -239,13 +239,15 @@ class PatientIdProbe:
 
     Feed chunks until `done`; then `patient_id` is the value ("" when the file has none). The dataset is parsed
     only until the first element past (0010,0020), so a few KiB suffice for any ordinary file. A deflated dataset
-    (PS3.5 §A.5) is inflated as it arrives, never to more than `limit` bytes: pydicom would inflate all of it at
-    once, and a few KB can inflate to GBs. `ValueError` when the header cannot be read within `limit` bytes.
+    (PS3.5 §A.5) is inflated as it arrives, never to more than `inflated_limit` bytes: pydicom would inflate all of
+    it at once, and a few KB can inflate to GBs (each parse of the inflated prefix costs CPU in proportion to it,
+    ~0.35 s for 1 MiB of junk). `ValueError` when the header cannot be read within those bounds.
     """
 
-    def __init__(self, limit: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, limit: int = 4 * 1024 * 1024, inflated_limit: int = 1024 * 1024) -> None:
         self._buffer = bytearray()
         self._limit = limit
+        self._inflated_limit = inflated_limit
         self._syntax: str | None = None
         self._dataset_at = 0
         self._inflater: zlib._Decompress | None = None
@@ -267,22 +269,28 @@ class PatientIdProbe:
             if self._syntax is None:
                 self._read_meta()
             if self._syntax == DEFLATED:
-                complete = self._inflate()
+                ended = self._inflate()
+                if final and not ended and len(self._inflated) < self._inflated_limit:
+                    raise ValueError("the stored file's deflate stream is cut short")
                 dataset = read_dataset(io.BytesIO(bytes(self._inflated)), False, True, stop_when=stop_when,
                                        defer_size=None)
-                final = final or complete
+                final = final or ended
             else:
                 dataset = read_partial(io.BytesIO(bytes(self._buffer)), stop_when=stop_when, defer_size=None)
             patient_id = _text(dataset.get("PatientID")) if passed or final else ""
         except PARSE_ERRORS:
-            if final or len(self._buffer) >= self._limit or len(self._inflated) >= self._limit:
+            if final or self._exhausted():
                 raise ValueError("the stored file's header cannot be read") from None
             return
         if passed or final:
             self.done = True
             self.patient_id = patient_id
-        elif len(self._buffer) >= self._limit or len(self._inflated) >= self._limit:
-            raise ValueError(f"no PatientID in the first {self._limit} bytes of the stored file")
+        elif self._exhausted():
+            raise ValueError(f"no PatientID in the first {self._limit} bytes of the stored file "
+                             f"(or {self._inflated_limit} inflated)")
+
+    def _exhausted(self) -> bool:
+        return len(self._buffer) >= self._limit or len(self._inflated) >= self._inflated_limit
 
     def _read_meta(self) -> None:
         """The transfer syntax, once the file meta information is in (an incomplete one raises a parse error)."""
@@ -298,9 +306,9 @@ class PatientIdProbe:
             self._fed_to_inflater = self._dataset_at
 
     def _inflate(self) -> bool:
-        """Inflate what arrived since the last call, up to `limit` bytes in all; True once the stream has ended."""
+        """Inflate what arrived since the last call, up to `inflated_limit` bytes in all; True once the stream ended."""
         assert self._inflater is not None
-        room = self._limit - len(self._inflated)
+        room = self._inflated_limit - len(self._inflated)
         if room > 0:
             data = self._inflater.unconsumed_tail + bytes(self._buffer[self._fed_to_inflater :])
             self._fed_to_inflater = len(self._buffer)
