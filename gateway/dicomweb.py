@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,13 +27,13 @@ from starlette.routing import Route
 from gateway.auth import Authenticator, Caller, Role, guarded
 from gateway.dicom import is_valid_uid
 from gateway.dicomjson import DicomJson
-from gateway.dicomweb_query import parse_qido, uid_list
+from gateway.dicomweb_query import parse_qido, rendering_params, uid_list
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, UnsupportedMediaType, UpstreamFailed
 from gateway.exams import PRIVATE, Exams, UpstreamRelay
 from gateway.multipart import MultipartError, PartReader, boundary_of
 from gateway.ownership import Resource
 from gateway.profiles import DICOM_JSON, JPEG
-from gateway.qido import MATCHING_CHARACTERS, bad_parameter, validate_patient_id
+from gateway.qido import bad_parameter, validate_patient_id
 from gateway.related import spool_related
 from gateway.scoped_parts import ScopedParts
 from gateway.settings import Settings
@@ -182,7 +181,7 @@ class DicomWeb:
             accept = PNG if PNG in request.headers.get("accept", "") and JPEG not in request.headers.get("accept", "") \
                 else JPEG
             return await self._relay("GET", path.replace("/thumbnail", "/rendered"), "dicomweb_rendered", accept,
-                                     _pass_params(request.query_params, ("viewport", "quality", "window")),
+                                     rendering_params(request.query_params),
                                      extra=CROSS_ORIGIN)
         if kind == "frames":
             return await self._relay("GET", path, "dicomweb_frames", _multipart_accept(request, OCTET_MULTIPART), [])
@@ -414,17 +413,6 @@ def _multipart_accept(request: Request, default: str) -> str:
     if match is not None and match.group(1).strip().lower() in _FRAME_TYPES:
         return accept.strip()
     return default
-
-
-def _pass_params(params: QueryParams, names: tuple[str, ...]) -> list[tuple[str, str]]:
-    out = []
-    for name in names:
-        value = params.get(name)
-        if value is not None:
-            if MATCHING_CHARACTERS.intersection(value) - {","} or len(value) > 64:
-                raise bad_parameter(name, "not a valid value")
-            out.append((name, value))
-    return out
 
 
 class ViewerTokenIssuer:

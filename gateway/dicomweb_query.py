@@ -27,6 +27,8 @@ from gateway.qido import (
     single,
 )
 
+MAX_VIEWPORT = 2048  # pixels on a side of a rendered image, as /exams thumbnails
+MAX_SOURCE = 65535  # a region of the source image lies within its Rows and Columns (US)
 MAX_PARAMETERS = 64  # attribute matches, includefields and paging together
 MAX_VALUE_LENGTH = 1024  # a list of 15 UIDs fits
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -35,6 +37,12 @@ _TIME_RANGE = re.compile(rf"{_TIME}|{_TIME}-|-{_TIME}|{_TIME}-{_TIME}")
 _DATETIME = r"[0-9]{4}(?:[0-9]{2}){0,5}(?:\.[0-9]{1,6})?(?:[+-][0-9]{4})?"
 _DATETIME_RANGE = re.compile(rf"{_DATETIME}|{_DATETIME}-|-{_DATETIME}|{_DATETIME}-{_DATETIME}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_INTEGER = re.compile(r"-?[0-9]{1,6}")
+_DECIMAL = re.compile(r"-?[0-9]{1,7}(\.[0-9]{1,6})?")
+# PS3.4 §C.2.2.2.4: wildcard matching applies to these VRs only; elsewhere `*` and `?` are refused by the PACS
+# (Orthanc answers 400 for `Rows=*` or `PatientAge=*`).
+_WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+_WINDOW_FUNCTIONS = frozenset({"linear", "linear-exact", "sigmoid"})
 _CONTROL_PARAMETERS = ("includefield", "fuzzymatching", "limit", "offset")
 
 
@@ -124,4 +132,40 @@ def _checked_value(name: str, keyword: str, value: str) -> str:
         raise bad_parameter(name, "a date-time YYYYMMDDHHMMSS (or a prefix of it) or a range of them")
     elif vr == "SQ":
         raise bad_parameter(name, "sequence matching is not supported")
+    elif vr not in _WILDCARD_VRS and ("*" in value or "?" in value):
+        raise bad_parameter(name, f"wildcards do not apply to {vr} values")
     return value
+
+
+def rendering_params(params: QueryParams) -> list[tuple[str, str]]:
+    """`viewport`, `quality` and `window` of a rendered resource (PS3.18 §8.3.5.1), checked and bounded.
+
+    Orthanc 1.10 builds whatever it is asked for: a 20000x20000 viewport costs it ~400 MB, 66000x66000 overflows
+    and kills the process, a zero size drops the connection (measured). So sizes are 1 to `MAX_VIEWPORT` pixels.
+    """
+    out: list[tuple[str, str]] = []
+    viewport = single(params, "viewport")
+    if viewport is not None:
+        numbers = viewport.split(",")
+        if (len(numbers) not in (2, 6) or not all(_INTEGER.fullmatch(n) for n in numbers)
+                or not all(1 <= int(n) <= MAX_VIEWPORT for n in numbers[:2])
+                or not all(0 <= int(n) <= MAX_SOURCE for n in numbers[2:4])
+                or not all(0 < abs(int(n)) <= MAX_SOURCE for n in numbers[4:])):
+            raise bad_parameter("viewport", f"vw,vh or vw,vh,sx,sy,sw,sh: sizes 1-{MAX_VIEWPORT}, a region within "
+                                            "the image")
+        out.append(("viewport", viewport))
+    quality = single(params, "quality")
+    if quality is not None:
+        if not _INTEGER.fullmatch(quality) or not 1 <= int(quality) <= 100:
+            raise bad_parameter("quality", "an integer from 1 to 100")
+        out.append(("quality", quality))
+    window = single(params, "window")
+    if window is not None:
+        terms = window.split(",")
+        # PS3.18 §8.3.5.1.4: `window=center,width,function`, all three.
+        if (len(terms) != 3 or not all(_DECIMAL.fullmatch(t) for t in terms[:2]) or float(terms[1]) <= 0
+                or terms[2] not in _WINDOW_FUNCTIONS):
+            raise bad_parameter("window", "center,width,function: width above 0, function linear, linear-exact "
+                                          "or sigmoid")
+        out.append(("window", window))
+    return out

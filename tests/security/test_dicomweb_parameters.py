@@ -35,6 +35,10 @@ BAD = [
     ({"PatientName": "A" * 5000}, "PatientName"),
     ({"PatientName": "DOE\x00"}, "PatientName"),
     ({"ReferencedStudySequence": "x"}, "ReferencedStudySequence"),
+    ({"Rows": "*"}, "Rows"),
+    ({"00280010": "1*"}, "00280010"),
+    ({"PatientAge": "*"}, "PatientAge"),
+    ({"NumberOfFrames": "a?"}, "NumberOfFrames"),
 ]
 
 
