@@ -92,6 +92,17 @@ class Ownership:
                           and ds.string(PATIENT_ID) != patient_id}
         return taken
 
+    async def instances_held_by_others(self, patient_id: str, sop_uids: list[str]) -> set[str]:
+        """Of these SOP Instance UIDs, those under which the PACS holds another patient's instance."""
+        taken: set[str] = set()
+        for start in range(0, len(sop_uids), _UIDS_PER_QUERY):
+            batch = sop_uids[start : start + _UIDS_PER_QUERY]
+            found = await self.qido("instances", [(SOP_INSTANCE_UID, ",".join(batch)), ("includefield", PATIENT_ID),
+                                                  ("limit", str(len(batch) * _PAGE))])
+            taken |= {uid for ds in found if (uid := ds.string(SOP_INSTANCE_UID)) in batch
+                      and ds.string(PATIENT_ID) != patient_id}
+        return taken
+
     async def _copies(self, resource: Resource, patient_id: str | None = None) -> list[DicomJson]:
         """Every dataset the PACS answers for the resource's UID (this patient's only, when given), with PatientID."""
         if resource.instance is not None:

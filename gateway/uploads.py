@@ -17,6 +17,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
@@ -54,6 +55,8 @@ from gateway.profiles import DICOM_JSON
 from gateway.readback import verify_filed_patient
 from gateway.scope import require_patient_access
 from gateway.upstream import UpstreamClient, UpstreamStream
+
+log = structlog.get_logger(__name__)
 
 # Azure DICOM service's failure reason for "an instance with these UIDs is already stored"; clients of the product
 # this API comes from look for it.
@@ -199,8 +202,14 @@ class ExamUploads:
                      "response": [_stow_failures(duplicates).raw]},
                 )
             dataset = await self._store(fresh)
-            if Role.CLINICIAN not in caller.roles:  # defence in depth: filed under exactly the checked PatientID
-                await verify_filed_patient(self._upstream, fresh, dataset)
+            if Role.CLINICIAN not in caller.roles:
+                # Defence in depth: filed under exactly the checked PatientID, and no UID it took raced another
+                # patient's upload into the same new UIDs.
+                failures = await asyncio.gather(verify_filed_patient(self._upstream, fresh, dataset),
+                                                self._recheck_after_store(fresh), return_exceptions=True)
+                for failure in failures:
+                    if isinstance(failure, BaseException):
+                        raise failure
         finally:
             await series.aclose()
         note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
@@ -224,10 +233,32 @@ class ExamUploads:
             by_patient.setdefault(next(iter(patients)), []).append(resource)
         answers = await asyncio.gather(*(self._ownership.held_by_others(patient, resources)
                                          for patient, resources in by_patient.items()))
-        taken = sorted(set().union(*answers))
-        if taken:
-            raise Conflict("a study or series UID of the upload already holds another patient's data",
-                           {"reason": "uid_in_use", "uids": taken})
+        _refuse_taken(set().union(*answers))
+
+    async def _recheck_after_store(self, stored: list[Upload]) -> None:
+        """After a patient's upload: the checks before the store cannot see another upload racing into the same new
+        study, series or SOP Instance UIDs. When another patient's data now shares one with this upload, this
+        upload's instances are removed (where the profile can: the first stored keeps the UIDs) and it is 409."""
+        patient_id = stored[0].header.patient_id
+        taken = await self._ownership.instances_held_by_others(patient_id, [i.header.sop_instance_uid for i in stored])
+        try:
+            _refuse_taken(taken)
+            await self._refuse_shared_uids(stored)
+        except Conflict:
+            removed = await self._remove(stored)
+            log.warning("security_upload_race", message="an upload raced another patient's into the same UIDs",
+                        instances=len(stored), removed=removed)
+            raise
+
+    async def _remove(self, stored: list[Upload]) -> int:
+        """Delete exactly these instances (this patient's, by their computed Orthanc ids); how many were deleted."""
+        if not self._upstream.profile.deletes_instances_natively:
+            return 0
+        ids = [orthanc_id(h.patient_id, h.study_uid, h.series_uid, h.sop_instance_uid)
+               for h in (item.header for item in stored)]
+        statuses = await asyncio.gather(*(
+            self._upstream.native_call("DELETE", f"instances/{i}", operation="stow_race_remove") for i in ids))
+        return sum(status == 200 for status, _ in statuses)
 
     @staticmethod
     def add_duplicates(dataset: DicomJson, duplicates: list[Upload]) -> None:
@@ -375,6 +406,12 @@ class ExamUploads:
             dataset.set_string(RETRIEVE_URL, "UR", self._links.study(study_uid, patient_id))
         else:
             dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
+
+
+def _refuse_taken(uids: set[str]) -> None:
+    if uids:
+        raise Conflict("a UID of the upload already holds another patient's data",
+                       {"reason": "uid_in_use", "uids": sorted(uids)})
 
 
 def _file_parts(fields: list[FormField] | None, form: FormData | None) -> list[FilePart]:
