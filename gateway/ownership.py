@@ -72,7 +72,10 @@ class Ownership:
         return 0 < len(found) < _PAGE and all(ds.string(PATIENT_ID) == patient_id for ds in found)
 
     async def held_by_others(self, patient_id: str, resources: Iterable[Resource]) -> set[str]:
-        """Of these studies and series, the UIDs under which the PACS holds another patient's data."""
+        """Of these studies, series and instances, the UIDs under which the PACS holds another patient's data.
+
+        On Orthanc, from its index (`/tools/lookup`): its QIDO-RS answers drop non-ASCII characters of a PatientID,
+        so they cannot tell two patients apart whose IDs differ only there."""
         wanted = sorted(set(resources), key=lambda r: r.ids())
         if self._native:
             answers = await asyncio.gather(*(self._upstream.native_lookup(r.uid) for r in wanted))
@@ -81,7 +84,8 @@ class Ownership:
                 if {i for kind, i in found if kind == r.level} - {orthanc_id(patient_id, *r.ids())}
             }
         taken: set[str] = set()
-        for level, tag, path in (("Study", STUDY_UID, "studies"), ("Series", SERIES_UID, "series")):
+        for level, tag, path in (("Study", STUDY_UID, "studies"), ("Series", SERIES_UID, "series"),
+                                 ("Instance", SOP_INSTANCE_UID, "instances")):
             uids = sorted({r.uid for r in wanted if r.level == level})
             for start in range(0, len(uids), _UIDS_PER_QUERY):
                 batch = uids[start : start + _UIDS_PER_QUERY]
@@ -90,17 +94,6 @@ class Ownership:
                                                ("limit", str(len(batch) * _PAGE))])
                 taken |= {uid for ds in found if (uid := ds.string(tag)) in batch
                           and ds.string(PATIENT_ID) != patient_id}
-        return taken
-
-    async def instances_held_by_others(self, patient_id: str, sop_uids: list[str]) -> set[str]:
-        """Of these SOP Instance UIDs, those under which the PACS holds another patient's instance."""
-        taken: set[str] = set()
-        for start in range(0, len(sop_uids), _UIDS_PER_QUERY):
-            batch = sop_uids[start : start + _UIDS_PER_QUERY]
-            found = await self.qido("instances", [(SOP_INSTANCE_UID, ",".join(batch)), ("includefield", PATIENT_ID),
-                                                  ("limit", str(len(batch) * _PAGE))])
-            taken |= {uid for ds in found if (uid := ds.string(SOP_INSTANCE_UID)) in batch
-                      and ds.string(PATIENT_ID) != patient_id}
         return taken
 
     async def _copies(self, resource: Resource, patient_id: str | None = None) -> list[DicomJson]:

@@ -111,18 +111,37 @@ def transfer_syntax(data: bytes | memoryview) -> str | None:
         return None
 
 
+class _MetaError(_Unsupported):
+    """File meta information that parsers may read differently: never stored."""
+
+
 def _file_meta(data: Any, pos: int) -> tuple[int, str]:
-    """Walk group 0002 (always explicit VR little endian); return where the dataset starts and its syntax."""
+    """Walk group 0002 (always explicit VR little endian); return where the dataset starts and its syntax.
+
+    Parsers disagree on repeated meta elements (pydicom keeps the last Transfer Syntax UID, DCMTK the first), and on
+    where the dataset starts when (0002,0000) says another length than the elements add up to; a file crafted so
+    would be one file to the gateway and another to the PACS (found in review). Both are refused.
+    """
     syntax = None
     walker = _Walker(data, explicit=True)
+    start, previous, group_end = pos, -1, None
     while pos + 8 <= len(data) and _U16.unpack_from(data, pos)[0] == 0x0002:
         tag, length, header = walker.element(pos)
         if length == _UNDEFINED:
             raise _Unsupported
+        if tag <= previous:
+            raise _MetaError(f"file meta element (0002,{tag & 0xFFFF:04X}) is repeated or out of order")
+        previous = tag
+        if tag == 0x00020000:
+            if length != 4:
+                raise _MetaError("the file meta group length is not 4 bytes long")
+            group_end = pos + header + length + _U32.unpack_from(data, pos + header)[0]
         if tag == 0x00020010:
             syntax = bytes(data[pos + header : pos + header + length]).decode("ascii").strip(" \x00")
         pos += header + length
-    if syntax is None:
+    if group_end is not None and group_end != pos:
+        raise _MetaError("the file meta group length does not match its elements")
+    if syntax is None or pos == start:
         raise _Unsupported
     return pos, syntax
 
@@ -203,7 +222,10 @@ def check_structure(data: bytes | memoryview | Any) -> None:
 def _check(data: Any) -> None:
     if bytes(data[_MAGIC_AT : _MAGIC_AT + 4]) != b"DICM":
         raise StructureError("no DICM prefix")
-    pos, syntax = _file_meta(data, _MAGIC_AT + 4)
+    try:
+        pos, syntax = _file_meta(data, _MAGIC_AT + 4)
+    except _MetaError as exc:
+        raise StructureError(str(exc)) from None
     if syntax == DEFLATED:
         raise StructureError("deflated files are not accepted")
     big = syntax == _EXPLICIT_BE

@@ -50,6 +50,14 @@ async def verify_filed_patient(upstream: UpstreamClient, files: Sequence[StoredF
     """502 (after removing them where possible) when instances the STOW-RS `answer` lists as stored are not filed
     under the PatientID the gateway checked."""
     stored = {item.string(REFERENCED_SOP_INSTANCE_UID) for item in answer.items(REFERENCED_SOP_SEQUENCE)}
+    unexpected = stored - {item.header.sop_instance_uid for item in files}
+    if unexpected:
+        # The PACS stored an instance the gateway never read: it parsed the bytes as another file than the gateway
+        # did. Its UIDs may be anyone's, so nothing is deleted by them; the event is logged for an operator.
+        log.warning("security_unexpected_instances", message="the PACS reports stored instances the gateway did "
+                    "not send", instances=len(unexpected), profile=upstream.profile.name)
+        raise UpstreamFailed("the PACS stored something else than the gateway checked",
+                             {"reason": "unexpected_instances", "instances": len(unexpected)})
     checked = [item for item in files if item.header.sop_instance_uid in stored]
     if not checked:
         return

@@ -239,11 +239,12 @@ class ExamUploads:
         """After a patient's upload: the checks before the store cannot see another upload racing into the same new
         study, series or SOP Instance UIDs. When another patient's data now shares one with this upload, this
         upload's instances are removed (where the profile can: the first stored keeps the UIDs) and it is 409."""
-        patient_id = stored[0].header.patient_id
-        taken = await self._ownership.instances_held_by_others(patient_id, [i.header.sop_instance_uid for i in stored])
+        patient_id = stored[0].header.patient_id  # a patient's upload holds that patient's files only
+        resources = {r for h in (item.header for item in stored) for r in (
+            Resource(h.study_uid), Resource(h.study_uid, h.series_uid),
+            Resource(h.study_uid, h.series_uid, h.sop_instance_uid))}
         try:
-            _refuse_taken(taken)
-            await self._refuse_shared_uids(stored)
+            _refuse_taken(await self._ownership.held_by_others(patient_id, resources))
         except Conflict:
             removed = await self._remove(stored)
             log.warning("security_upload_race", message="an upload raced another patient's into the same UIDs",

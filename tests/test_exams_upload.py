@@ -226,9 +226,10 @@ async def test_stow_reaches_the_upstream_as_one_multipart_related_request(
     assert all(seen.query.count(",") == 2 for seen in searches)
     # The files go up in one STOW-RS request.
     assert [seen.method for seen in proxy.seen if seen.path == "/dicom-web/studies"] == ["POST"]
-    # After a patient's upload, the same checks again (gateway.readback: filed under the checked PatientID, and no
-    # other patient's upload raced into the same UIDs); nothing after a clinician's.
-    assert sorted(seen.path for seen in after) == (checks if role == "patient" else [])
+    # After a patient's upload: its series read back (gateway.readback: filed under the checked PatientID) and its
+    # study, series and SOP Instance UIDs looked up again (no other patient's upload raced into them); nothing
+    # after a clinician's.
+    assert sorted(seen.path for seen in after) == ([series_id] + ["/tools/lookup"] * 5 if role == "patient" else [])
 
 
 async def test_uploaded_files_need_a_token(exams: Exams) -> None:
