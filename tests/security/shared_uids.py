@@ -115,7 +115,9 @@ class MergingPacs:
         study = level[0]
         series = level[2] if len(level) >= 3 else None
         search = f"{self.target}/dicom-web/studies/{study}/instances"
-        params = [("includefield", "0020000E")] + ([("SeriesInstanceUID", series)] if series else [])
+        params: list[tuple[str, str | int | float | bool | None]] = [("includefield", "0020000E")]
+        if series:
+            params.append(("SeriesInstanceUID", series))
         found: list[dict[str, Any]] = (await client.get(search, params=params)).json()
         if not found:
             return 404, [], b""
