@@ -14,6 +14,17 @@ from starlette.types import Message, Receive, Scope, Send
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host"}
 
 
+async def read_body(receive: Receive) -> bytes:
+    """A request's whole body, as an ASGI app receives it."""
+    body = b""
+    while True:
+        message: Message = await receive()
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if not message.get("more_body"):
+            return body
+
+
 @dataclass(frozen=True)
 class Seen:
     method: str
@@ -36,12 +47,7 @@ class RecordingProxy:
         assert scope["type"] == "http"
         query = scope["query_string"].decode("latin-1")
         path = scope["raw_path"].decode("latin-1")
-        body = b""
-        while True:
-            message: Message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.seen.append(Seen(scope["method"], path, query, body[:4096]))
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         url = httpx.URL(self.target + path)

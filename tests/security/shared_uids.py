@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tests.dicom_factory import Instance, generated, new_uid
+from tests.recorder import read_body
 from tests.test_callbacks import stow_direct
 
 
@@ -83,12 +84,7 @@ class MergingPacs:
         assert scope["type"] == "http"
         path: str = scope["raw_path"].decode("latin-1")
         query: str = scope["query_string"].decode("latin-1")
-        body = b""
-        while True:
-            message: Message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         async with httpx.AsyncClient(timeout=60) as client:
             parts = path.split("/")  # ["", "dicom-web", "studies", S, ("series", SE), ("metadata")]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
 
 from gateway.dicomjson import DicomJson
@@ -27,6 +27,7 @@ from tests.conftest import make_settings
 from tests.dicom_factory import generated
 from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
 from tests.orthanc import Orthanc
+from tests.recorder import read_body
 from tests.security.crafted import filed_under, stow_direct
 from tests.servers import serve
 
@@ -42,12 +43,7 @@ class CoercingPacs:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message: Message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["method"] == "POST" and scope["path"] == "/dicom-web/studies":
             body = body.replace(self.old, self.new)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")]
