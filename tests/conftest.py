@@ -76,6 +76,14 @@ def postgres_url(postgres: Postgres) -> str:
     return postgres.new_database()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store: each test that takes it runs twice, on a SQLite file and on a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture(scope="session")
 def samples_loaded(orthanc: Orthanc) -> str:
     """The session's Orthanc with the `make run` sample exams (pydicom's bundled files) stored in it."""

@@ -28,13 +28,6 @@ PACS = {"Authorization": f"Bearer {token('pacs')}", "Content-Type": "application
 MAX_DEPTH = 32  # gateway.bodies.MAX_JSON_DEPTH, as documented
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @asynccontextmanager
 async def gateway(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = make_settings(auth_mode="jwt", auth_jwt_secret=SECRET, database_url=database_url)
