@@ -4,6 +4,13 @@
 `pacs` role, or a PACS that can only send a fixed header: `Authorization: Bearer <CALLBACK_AUTH_TOKEN>` or
 `X-Callback-Token: <CALLBACK_AUTH_TOKEN>` (compared in constant time). Clinicians read the stored events and their
 delivery state, and may ask for an event to be delivered again.
+
+The body is a JSON object, sent as a PACS's vendor wrote it: `application/json` (any charset parameter),
+`text/plain`, `application/x-www-form-urlencoded` (what `curl --data` sends, the contract page's own example: the
+bytes are the JSON text, never form-decoded) or without a Content-Type; anything else is 415. The event is stored
+twice over: its bytes exactly as received, which subscribers get (and which a signature covers), and its fields
+as parsed, where the parse is liberal only when the meaning is unambiguous: counts as decimal digit strings
+(`"239"`), `PatientSex` in lower case, and a string for a list of DICOM values (`"CT"`, `"CT\\MR"`).
 """
 
 from __future__ import annotations
@@ -13,13 +20,22 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import Authenticator, Caller, Role, guarded
-from gateway.bodies import read_json
+from gateway.bodies import read_json_object
 from gateway.delivery import DeliveryWorker
 from gateway.dicom import is_valid_uid
 from gateway.errors import BadRequest, Forbidden, NotFound
@@ -27,10 +43,42 @@ from gateway.events_store import EventStore, NewEvent, StoredEvent
 from gateway.qido import bad_parameter, integer_parameter, single
 
 MAX_BODY_BYTES = 1024 * 1024
+MEDIA_TYPES = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded", ""})
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_MAX_COUNT = 10_000_000
+_SEXES = frozenset({"M", "F", "O"})  # PS3.3 C.7.1.1 Patient's Sex (0010,0040): the enumerated values
+
+
+def _count(value: object) -> object:
+    """A count given as its decimal digits ("239") is that number. Only ASCII digits: "2.5", "-1", full-width or
+    other non-ASCII digits (U+FF11..., which str.isdigit accepts) and booleans are left to fail as not integers."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value.lstrip("0")) > len(str(_MAX_COUNT)):  # int() of a huge digit string costs, and fails anyway
+            raise ValueError(f"a count of at most {_MAX_COUNT}")
+        return int(value)
+    return value
+
+
+def _values(value: object) -> object:
+    """A string where a list is expected is that list in DICOM's own encoding: values separated by backslashes
+    (PS3.5 §6.4). The three lists hold AE, CS and SH values, which cannot contain a backslash (PS3.5 Table 6.2-1),
+    so the split is unambiguous: "CT" is ["CT"], "CT\\MR" is ["CT", "MR"], "" is no value at all."""
+    if isinstance(value, str):
+        return value.split("\\") if value else []
+    return value
+
+
+def _sex(value: object) -> object:
+    """M, F or O in any case (and with DICOM's trailing space padding, PS3.5 §6.2 CS) is that value; other strings
+    are kept as sent (systems send U, A, N, ... which the gateway does not reinterpret)."""
+    if isinstance(value, str) and value.strip(" ").upper() in _SEXES:
+        return value.strip(" ").upper()
+    return value
+
+
 Text = Annotated[StrictStr, Field(max_length=1024)]
-Texts = list[Annotated[StrictStr, Field(max_length=64)]]
-Count = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
+Texts = Annotated[list[Annotated[StrictStr, Field(max_length=64)]], BeforeValidator(_values)]
+Count = Annotated[StrictInt, BeforeValidator(_count), Field(ge=0, le=_MAX_COUNT)]
 
 
 def _date(value: str | None) -> str | None:
@@ -67,7 +115,7 @@ class NewExamEvent(BaseModel):
     StudyDescription: Text | None = None
     PatientName: Text | None = None
     PatientBirthDate: StrictStr | None = None
-    PatientSex: Annotated[StrictStr, Field(max_length=16)] | None = None
+    PatientSex: Annotated[StrictStr, BeforeValidator(_sex), Field(max_length=16)] | None = None
 
     @field_validator("StudyInstanceUID")
     @classmethod
@@ -89,18 +137,20 @@ class NewExamEvent(BaseModel):
         return value
 
 
-def parse_event(body: Any) -> NewEvent:
-    """The event to store from a callback body; 400 with one detail per offending field."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", {"fields": []})
+def parse_event(raw: bytes, body: dict[str, Any]) -> NewEvent:
+    """The event to store from a callback body (its bytes and the object they hold); 400 with one detail per
+    offending field. The parsed body is the object with each known field as checked (counts as numbers, ...):
+    same keys, same order; unknown fields as sent."""
     try:
         checked = NewExamEvent.model_validate(body)
     except ValidationError as exc:
         problems = [{"field": ".".join(str(p) for p in error["loc"]) or "(body)", "message": error["msg"]}
                     for error in exc.errors(include_url=False, include_input=False)]
         raise BadRequest("the event is not valid", {"fields": problems}) from None
+    known = NewExamEvent.model_fields
+    parsed = {key: getattr(checked, key) if key in known else value for key, value in body.items()}
     return NewEvent(origin="callback", source_id=checked.SourceID, study_instance_uid=checked.StudyInstanceUID,
-                    patient_id=checked.PatientID, event_type=checked.EventType, body=body)
+                    patient_id=checked.PatientID, event_type=checked.EventType, body=parsed, raw=raw)
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:
@@ -115,6 +165,8 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "studyInstanceUID": event.study_instance_uid,
         "eventType": event.event_type,
         "event": event.body,
+        # The bytes as received, as text: the gateway only stores bodies that are UTF-8 (bodies.read_json_object).
+        "rawBody": None if event.raw is None else event.raw.decode("utf-8"),
         "deliveries": [{**d, "nextAttemptAt": when(d["nextAttemptAt"]), "deliveredAt": when(d["deliveredAt"])}
                        for d in event.deliveries],
     }
@@ -143,8 +195,9 @@ class Callbacks:
             caller = await self._authenticator.authenticate(request)
             if Role.PACS not in caller.roles:
                 raise Forbidden("the token does not grant access to this resource", {"required_roles": ["pacs"]})
-        payload = await read_json(request, max_bytes=MAX_BODY_BYTES, what="the event")
-        event = parse_event(payload)
+        raw, payload = await read_json_object(request, max_bytes=MAX_BODY_BYTES, what="the event",
+                                              media_types=MEDIA_TYPES)
+        event = parse_event(raw, payload)
         event_id, created = await self._store.add(event, self._subscribers)  # committed before the answer
         if created:
             self._worker.wake()

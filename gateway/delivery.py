@@ -1,10 +1,14 @@
 """Fan-out of stored events to `CALLBACK_URLS`: a background worker in the app's lifespan.
 
 Each subscriber has its own slots (`CALLBACK_CONCURRENCY`): a slow or dead subscriber fills its own, never another's.
-A delivery is a POST of the event JSON with `X-Event-Id`, `X-Event-Attempt` and, with `CALLBACK_SIGNING_SECRET`,
-`X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`. A 2xx answer is a delivery; anything else, a
-timeout or a connection error is retried after an exponential backoff with jitter, up to `CALLBACK_MAX_ATTEMPTS`
-attempts, then the delivery is marked failed (visible in `GET /new-exam-callback/events`).
+A delivery is a POST of the event's bytes exactly as the PACS sent them (`Claim.body`; the parsed body's JSON for
+events without such bytes) with `X-Event-Id`, `X-Event-Attempt` and, with `CALLBACK_SIGNING_SECRET`,
+`X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` over those same bytes. Its Content-Type is
+`application/json` whatever the PACS declared (`text/plain`, form-urlencoded, none): the bytes are a JSON object in
+UTF-8, which is what that type means (RFC 8259 §8.1, §11), and a subscriber must not form-decode them.
+A 2xx answer is a delivery; anything else, a timeout or a connection error is retried after an exponential backoff
+with jitter, up to `CALLBACK_MAX_ATTEMPTS` attempts, then the delivery is marked failed (visible in
+`GET /new-exam-callback/events`).
 
 Shutdown: the worker stops claiming, waits up to `CALLBACK_TIMEOUT_S` for attempts in flight, and gives back the
 leases of those it had to interrupt so that another replica (or the next start) sends them at once.

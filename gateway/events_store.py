@@ -5,6 +5,11 @@ acknowledged is never without its deliveries. Workers claim due deliveries with 
 `lease_until`): on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same row; on SQLite the
 write lock taken at BEGIN serialises claims. A lease left by a killed worker expires and the delivery is claimed
 again (at-least-once). Times are Unix seconds (doubles), the same on both databases.
+
+An event keeps two forms: `body`, its fields as the gateway parsed them (JSON text; what the events API shows and
+what deduplication compares), and `raw_body`, the bytes the PACS posted, exactly (what subscribers receive).
+`raw_body` is NULL for events the gateway built itself (the Orthanc change feed) and for events stored before the
+column existed (migration 0002); those are delivered as `body`, as they always were.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -52,6 +58,7 @@ events = Table(
     Column("event_type", String(64), nullable=False),
     Column("body", Text, nullable=False),
     Column("dedup_key", String(64), nullable=False, unique=True),
+    Column("raw_body", LargeBinary),  # migration 0002
 )
 deliveries = Table(
     "deliveries", metadata,
@@ -78,20 +85,26 @@ feed_positions = Table(
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """An event to store: its body as the gateway will deliver it, and the fields it is searched by."""
+    """An event to store: its parsed body, the bytes to deliver when they are not that body's JSON, and the fields
+    it is searched by."""
 
     origin: str  # "callback" or "orthanc-changes"
     source_id: str
     study_instance_uid: str
     patient_id: str | None
     event_type: str
-    body: dict[str, Any]
+    body: dict[str, Any]  # the fields as parsed (counts as numbers, PatientSex in upper case, ...)
+    raw: bytes | None = None  # the body exactly as received; None when the gateway built the event itself
 
     def encoded(self) -> str:
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":"))
 
     def dedup_key(self) -> str:
-        """The same source, study, event type and body (key order aside) is the same event."""
+        """The same source, study, event type and parsed body is the same event: key order, white space and the
+        spellings the parse accepts ("239" for 239, "f" for "F") aside. The bytes are not part of the key, so a
+        PACS that sends an event again, formatted otherwise, does not notify subscribers twice; the bytes of the
+        first arrival are kept. (The key is computed as before the raw body was kept: events stored earlier are
+        still found.)"""
         canonical = json.dumps([self.source_id, self.study_instance_uid, self.event_type, self.body],
                                ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
@@ -99,7 +112,8 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A delivery a worker holds the lease of: attempt number `attempt` of sending `body` to `subscriber`."""
+    """A delivery a worker holds the lease of: attempt number `attempt` of sending `body` to `subscriber` (the
+    event's bytes as received, or its parsed body's JSON when none were kept)."""
 
     delivery_id: int
     event_id: int
@@ -118,6 +132,7 @@ class StoredEvent:
     patient_id: str | None
     event_type: str
     body: dict[str, Any]
+    raw: bytes | None  # as received; None for events the gateway built, or stored before raw bodies were kept
     deliveries: list[dict[str, Any]]
 
 
@@ -158,7 +173,7 @@ class EventStore:
         result = await conn.execute(events.insert().values(
             received_at=now, origin=event.origin, source_id=event.source_id,
             study_instance_uid=event.study_instance_uid, patient_id=event.patient_id, event_type=event.event_type,
-            body=event.encoded(), dedup_key=key,
+            body=event.encoded(), dedup_key=key, raw_body=event.raw,
         ))
         primary_key = result.inserted_primary_key
         assert primary_key is not None
@@ -210,12 +225,14 @@ class EventStore:
             await conn.execute(update(deliveries).where(deliveries.c.id.in_(ids)).values(
                 lease_owner=owner, lease_until=now + lease_s, attempts=deliveries.c.attempts + 1, updated_at=now))
             rows = (await conn.execute(
-                select(deliveries.c.id, deliveries.c.event_id, deliveries.c.attempts, events.c.body)
+                select(deliveries.c.id, deliveries.c.event_id, deliveries.c.attempts, events.c.body,
+                       events.c.raw_body)
                 .join(events, events.c.id == deliveries.c.event_id)
                 .where(deliveries.c.id.in_(ids))
                 .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
             )).all()
-        return [Claim(int(r.id), int(r.event_id), subscriber, int(r.attempts), r.body.encode()) for r in rows]
+        return [Claim(int(r.id), int(r.event_id), subscriber, int(r.attempts),
+                      bytes(r.raw_body) if r.raw_body is not None else r.body.encode()) for r in rows]
 
     async def delivered(self, claim: Claim, status: int) -> None:
         now = time.time()
@@ -289,7 +306,8 @@ class EventStore:
                 "deliveredAt": d.delivered_at,
             })
         return [StoredEvent(int(r.id), float(r.received_at), r.origin, r.source_id, r.study_instance_uid,
-                            r.patient_id, r.event_type, json.loads(r.body), by_event[int(r.id)]) for r in rows]
+                            r.patient_id, r.event_type, json.loads(r.body),
+                            None if r.raw_body is None else bytes(r.raw_body), by_event[int(r.id)]) for r in rows]
 
     async def redeliver(self, event_id: int, subscribers: list[str]) -> bool:
         """Send the event again to every current subscriber (attempts start over); False when it does not exist."""
