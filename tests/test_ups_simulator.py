@@ -16,15 +16,18 @@ import pytest
 from tests.ups_simulator import (
     ACCESSION_NUMBER,
     ADMISSION_ID,
+    ADMITTING_DIAGNOSES_DESCRIPTION,
     CANCELED,
     CODE_MEANING,
     COMPLETED,
     DICOM_JSON,
     IN_PROGRESS,
+    INPUT_INFORMATION_SEQUENCE,
     INPUT_READINESS_STATE,
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
     PATIENT_NAME,
+    PATIENT_SEX,
     PERFORMED_PROCEDURE_STEP_END_DATETIME,
     PERFORMED_PROCEDURE_STEP_START_DATETIME,
     PROCEDURE_STEP_LABEL,
@@ -131,7 +134,8 @@ def test_valid_workitem_shapes() -> None:
     azure = valid_workitem("azure", "P", "1.2.3", workitem_uid="1.2.3.9")
     assert azure[TRANSACTION_UID] == {"vr": "UI"}
     assert azure[SOP_INSTANCE_UID] == element("UI", "1.2.3.9")
-    assert TYPE_OF_INSTANCES in azure
+    assert azure[PATIENT_BIRTH_DATE] == {"vr": "DA"}
+    assert TYPE_OF_INSTANCES not in azure
     standard = valid_workitem("standard", "P", "1.2.3")
     assert TYPE_OF_INSTANCES not in standard
     assert standard[WORKLIST_LABEL] == element("LO", "WORKLIST")
@@ -355,14 +359,16 @@ AZURE_REJECTIONS = [
     pytest.param(_drop(PATIENT_NAME), "(0010,0010)", id="type2-patient-name-absent"),
     pytest.param(_drop(REFERENCED_REQUEST_SEQUENCE), "(0040,A370)", id="type2-request-sequence-absent"),
     pytest.param(_drop(UPS_PERFORMED_PROCEDURE_SEQUENCE), "(0074,1216)", id="type2-performed-sequence-absent"),
-    pytest.param(_set(PATIENT_BIRTH_DATE, element("DA")), "(0010,0030)", id="birth-date-empty"),
-    pytest.param(_set(ADMISSION_ID, element("LO")), "(0038,0010)", id="admission-id-empty"),
+    pytest.param(_drop(PATIENT_BIRTH_DATE), "(0010,0030)", id="type2-birth-date-absent"),
+    pytest.param(_drop(PATIENT_SEX), "(0010,0040)", id="type2-sex-absent"),
+    pytest.param(_drop(ADMISSION_ID), "(0038,0010)", id="type2-admission-id-absent"),
+    pytest.param(_drop(ADMITTING_DIAGNOSES_DESCRIPTION), "(0008,1080)", id="type2-admitting-diagnoses-absent"),
     pytest.param(_set(TRANSACTION_UID, element("UI", "1.2.3")), "(0008,1195)", id="transaction-uid-has-value"),
     pytest.param(_drop(TRANSACTION_UID), "(0008,1195)", id="transaction-uid-absent"),
-    pytest.param(_drop(TYPE_OF_INSTANCES), "(0040,E020)", id="type-of-instances-absent"),
     pytest.param(_drop(PROCEDURE_STEP_LABEL), "(0074,1204)", id="label-absent"),
-    pytest.param(_set(SCHEDULED_PROCEDURE_STEP_PRIORITY, element("CS", "URGENT")), "URGENT", id="bad-priority"),
-    pytest.param(_set(INPUT_READINESS_STATE, element("CS", "MAYBE")), "MAYBE", id="bad-readiness"),
+    pytest.param(_set(PROCEDURE_STEP_LABEL, element("LO")), "(0074,1204)", id="label-empty"),
+    pytest.param(_set(INPUT_INFORMATION_SEQUENCE, element("SQ", {TYPE_OF_INSTANCES: element("CS", "DICOM")})),
+                 "(0008,1199)", id="input-item-without-referenced-sop-sequence"),
     pytest.param(_first_item(REFERENCED_REQUEST_SEQUENCE, lambda item: item.pop(STUDY_INSTANCE_UID)), "(0020,000D)",
                  id="request-item-without-study"),
     pytest.param(_first_item(REFERENCED_REQUEST_SEQUENCE, lambda item: item.pop(ACCESSION_NUMBER)), "(0008,0050)",
@@ -381,6 +387,44 @@ async def test_azure_create_rejections(mutate: Callable[[Dataset], None], fragme
         response = await create(client, sim, "1.2.3.4", dataset)
     assert_rejected(sim, response, 400, fragment)
     assert sim.workitems == {}
+
+
+async def test_azure_takes_the_four_type_2_attributes_present_and_empty() -> None:
+    # PatientBirthDate, PatientSex, AdmissionID, AdmittingDiagnosesDescription: RequirementCode.TwoTwo (ups-rs.md).
+    sim = UpsSimulator("azure")
+    dataset = valid_workitem("azure", "P", "1.2.3")
+    for tag in (PATIENT_BIRTH_DATE, PATIENT_SEX, ADMISSION_ID, ADMITTING_DIAGNOSES_DESCRIPTION):
+        assert "Value" not in dataset[tag]
+    async with client_for(sim) as client:
+        response = await create(client, sim, "1.2.3.4", dataset)
+    assert response.status_code == 201, response.text
+    assert sim.workitems["1.2.3.4"][PATIENT_BIRTH_DATE] == {"vr": "DA"}
+
+
+async def test_azure_asks_nothing_outside_table_cc_2_5_3_and_no_enumerated_values() -> None:
+    # No top-level TypeOfInstances / ReferencedSOPSequence (the validator's requirement set has neither), and any CS
+    # value for priority and input readiness (Microsoft's E2E fixtures send random ones).
+    sim = UpsSimulator("azure")
+    dataset = valid_workitem("azure", "P", "1.2.3", priority="URGENT", input_readiness="MAYBE")
+    assert TYPE_OF_INSTANCES not in dataset
+    async with client_for(sim) as client:
+        response = await create(client, sim, "1.2.3.4", dataset)
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_a_study_takes_a_new_workitem_after_its_first_is_cancelled(profile: str) -> None:
+    # UPS-RS keys workitems by their own UID: no server refuses a second one for the same study, cancelled or not.
+    sim = UpsSimulator(profile)
+    async with client_for(sim) as client:
+        first_uid = await create_valid(client, sim, study_uid="1.2.840.5")
+        sim.cancel(first_uid)
+        second_uid = await create_valid(client, sim, study_uid="1.2.840.5")
+        assert second_uid != first_uid
+        again = await create(client, sim, second_uid, valid_workitem(profile, "P", "1.2.840.5"))
+        assert_rejected(sim, again, 409, "already exists")
+        assert sorted(uids_of(await search(client, sim, {"StudyInstanceUID": "1.2.840.5"}))) == sorted(
+            [first_uid, second_uid])
 
 
 async def test_azure_create_body_and_uid_rules() -> None:
@@ -435,6 +479,9 @@ async def test_dcm4chee_rejects_an_array_of_two() -> None:
 
 
 STANDARD_REJECTIONS = [
+    pytest.param(_set(INPUT_INFORMATION_SEQUENCE, element("SQ", {TYPE_OF_INSTANCES: element("CS", "DICOM")})),
+                 "(0008,1199)", id="input-item-without-referenced-sop-sequence"),
+    pytest.param(_set(SCHEDULED_PROCEDURE_STEP_PRIORITY, element("CS", "URGENT")), "URGENT", id="bad-priority-urgent"),
     pytest.param(_drop(WORKLIST_LABEL), "(0074,1202)", id="worklist-label-absent"),
     pytest.param(_drop(PATIENT_NAME), "(0010,0010)", id="type2-absent"),
     pytest.param(_set(PROCEDURE_STEP_STATE, element("CS", COMPLETED)), "SCHEDULED", id="state-completed"),

@@ -8,7 +8,19 @@ client is tested against this. Profiles:
               UID as the first, bare query key (``POST /v2/workitems?{uid}``) or as SOPInstanceUID in the body (both:
               they must match). Every body is a JSON array. Before validating, the server sets SOPClassUID, the UID,
               ScheduledProcedureStepModificationDateTime, WorklistLabel="worklist" and ProcedureStepState=SCHEDULED.
-              Errors: a JSON string body.
+              Validation is Table CC.2.5-3's requirement codes (AddWorkitemDatasetValidator): Type 1 present with a
+              value, Type 2 present and possibly empty (PatientBirthDate, PatientSex, AdmissionID and
+              AdmittingDiagnosesDescription included, as shared/upstreams/ups-rs.md says), 1C/2C optional, the
+              TransactionUID present and empty, and a sequence's items checked only when it has some. Enumerated
+              values (priority, input readiness) are not checked, and nothing outside the table is required (no
+              top-level TypeOfInstances or ReferencedSOPSequence: its sample bodies carry them, its validator does
+              not ask for them). Errors: a JSON string body.
+              Open question (issue 11, point 5): Microsoft's source at eeefbe4d7 lists PatientBirthDate, PatientSex,
+              AdmissionID, AdmittingDiagnosesDescription, IssuerOfAdmissionIDSequence and
+              AdmittingDiagnosesCodeSequence a second time, as Type 3 of the Patient Demographic and Visit modules
+              (WorkitemDatasetValidatorExtension.cs), and its validator asks a present Type 3 attribute for a value;
+              RequirementDetail has no equality, so both entries are checked. Until that is settled against a running
+              service, this profile follows ups-rs.md (present, may be empty).
 ``dcm4chee``  dcm4chee-arc-light: base ``/dcm4chee-arc/aets/DCM4CHEE/rs/workitems``. Create takes ``?workitem={uid}``
               (absent: the server makes one up; other query keys are ignored); body one object or the same in a
               one-element array; a non-empty SOPInstanceUID or SOPClassUID in the body is rejected (create-iod.xml
@@ -146,12 +158,6 @@ CODE_SEQUENCES = (
     SCHEDULED_WORKITEM_CODE_SEQUENCE,
     ADMITTING_DIAGNOSES_CODE_SEQUENCE,
 )
-# Azure only: Microsoft's validator wants these Type 2 attributes with a value (ups-rs.md).
-AZURE_REQUIRED_WITH_VALUE = (PATIENT_BIRTH_DATE, PATIENT_SEX, ADMISSION_ID, ADMITTING_DIAGNOSES_DESCRIPTION)
-# Azure only: Microsoft's AddWorkitem requirements merge the Referenced Instances and Access Macro into the top level,
-# so TypeOfInstances and ReferencedSOPSequence are Type 1 there (its own test fixtures and the Postman example carry
-# both at the top level).
-AZURE_EXTRA_TYPE1 = (TYPE_OF_INSTANCES, REFERENCED_SOP_SEQUENCE)
 
 # Azure's searchable attributes (conformance statement), as tag paths.
 AZURE_SEARCHABLE: frozenset[tuple[str, ...]] = frozenset({
@@ -446,12 +452,10 @@ def valid_workitem(
     priority: str = "MEDIUM",
     scheduled: str = "20240101120000",
     input_readiness: str = "READY",
-    patient_birth_date: str = "19700101",
-    patient_sex: str = "O",
-    admission_id: str = "UNKNOWN",
-    admitting_diagnoses_description: str = "UNKNOWN",
-    referenced_sop_class_uid: str = "1.2.840.10008.5.1.4.1.1.7",
-    referenced_sop_instance_uid: str | None = None,
+    patient_birth_date: str = "",
+    patient_sex: str = "",
+    admission_id: str = "",
+    admitting_diagnoses_description: str = "",
     workitem_uid: str | None = None,
 ) -> Dataset:
     """The smallest create dataset each profile accepts (a dicom+json object; wrap it in a list for ``azure``).
@@ -460,9 +464,8 @@ def valid_workitem(
     rejects it): send it in the query. StudyInstanceUID goes in the ReferencedRequestSequence item and at the top
     level (Type 1C), which is what Azure's StudyInstanceUID search key looks at.
 
-    ``azure`` also needs PatientBirthDate, PatientSex, AdmissionID and AdmittingDiagnosesDescription with values, and
-    TypeOfInstances + ReferencedSOPSequence (Microsoft's validator quirk): the defaults here are placeholders;
-    ``referenced_sop_instance_uid`` defaults to the study UID.
+    For ``azure`` and ``standard`` every Type 2 attribute is present; PatientBirthDate, PatientSex, AdmissionID and
+    AdmittingDiagnosesDescription carry the values given here (``""``: present and empty).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown UPS-RS profile {profile!r}; expected one of {PROFILES}")
@@ -490,18 +493,12 @@ def valid_workitem(
         dataset[tag] = element(_vr_of(tag))
     dataset[PATIENT_NAME] = element("PN", {"Alphabetic": patient_name})
     dataset[REFERENCED_REQUEST_SEQUENCE] = element("SQ", request_item)
-    dataset[PATIENT_BIRTH_DATE] = element("DA", patient_birth_date)
-    dataset[PATIENT_SEX] = element("CS", patient_sex)
-    dataset[ADMISSION_ID] = element("LO", admission_id)
-    dataset[ADMITTING_DIAGNOSES_DESCRIPTION] = element("LO", admitting_diagnoses_description)
+    for tag, vr, value in ((PATIENT_BIRTH_DATE, "DA", patient_birth_date), (PATIENT_SEX, "CS", patient_sex),
+                           (ADMISSION_ID, "LO", admission_id),
+                           (ADMITTING_DIAGNOSES_DESCRIPTION, "LO", admitting_diagnoses_description)):
+        dataset[tag] = element(vr, value) if value else element(vr)
     if profile == "standard":
         dataset[WORKLIST_LABEL] = element("LO", "WORKLIST")
-    else:
-        dataset[TYPE_OF_INSTANCES] = element("CS", "DICOM")
-        dataset[REFERENCED_SOP_SEQUENCE] = element("SQ", {
-            REFERENCED_SOP_CLASS_UID: element("UI", referenced_sop_class_uid),
-            REFERENCED_SOP_INSTANCE_UID: element("UI", referenced_sop_instance_uid or study_uid),
-        })
     if workitem_uid is not None:
         dataset[SOP_INSTANCE_UID] = element("UI", workitem_uid)
     return dataset
@@ -779,22 +776,16 @@ class UpsSimulator:
         dataset[WORKLIST_LABEL] = element("LO", "worklist")
         dataset[PROCEDURE_STEP_STATE] = element("CS", SCHEDULED)
         for tag in (SCHEDULED_PROCEDURE_STEP_PRIORITY, PROCEDURE_STEP_LABEL, SCHEDULED_PROCEDURE_STEP_START_DATETIME,
-                    INPUT_READINESS_STATE, *AZURE_EXTRA_TYPE1):
-            if not has_value(dataset, tag):
-                _reject(400, f"The required tag '{tag_name(tag)}' is missing.")
-        for tag in TYPE2_CREATE:
+                    INPUT_READINESS_STATE):
             if tag not in dataset:
                 _reject(400, f"The required tag '{tag_name(tag)}' is missing.")
-        for tag in AZURE_REQUIRED_WITH_VALUE:
             if not has_value(dataset, tag):
                 _reject(400, f"The required tag '{tag_name(tag)}' is missing a value.")
+        for tag in TYPE2_CREATE:  # present; empty is fine (RequirementCode.TwoTwo checks presence only)
+            if tag not in dataset:
+                _reject(400, f"The required tag '{tag_name(tag)}' is missing.")
         if has_value(dataset, TRANSACTION_UID):
             _reject(400, f"The tag '{tag_name(TRANSACTION_UID)}' must be empty.")
-        for item in values_of(dataset, REFERENCED_SOP_SEQUENCE):
-            for tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
-                if not has_value(item, tag):
-                    _reject(400, f"The required tag '{tag_name(tag)}' is missing in "
-                                 f"sequence '{tag_name(REFERENCED_SOP_SEQUENCE)}'.")
         self._check_common_create(dataset, azure_style=True)
         return uid
 
@@ -859,11 +850,10 @@ class UpsSimulator:
             _reject(400, message(INPUT_READINESS_STATE, readiness))
 
     def _check_common_create(self, dataset: Dataset, *, azure_style: bool) -> None:
-        """Enumerated values and the nested Table CC.2.5-3 requirements shared by azure and standard."""
-        if azure_style:
-            self._check_enumerations(dataset, lambda tag, value: f"The tag '{tag_name(tag)}' has an invalid value "
-                                                                 f"'{value}'.")
-        else:
+        """The nested Table CC.2.5-3 requirements shared by azure and standard, and (standard only) enumerated values:
+        Microsoft's validator checks requirement codes, not the values of ScheduledProcedureStepPriority or
+        InputReadinessState (its own E2E fixtures send random ones)."""
+        if not azure_style:
             self._check_enumerations(dataset, lambda tag, value: f"Invalid value '{value}' for {tag_name(tag)}")
         for item in values_of(dataset, REFERENCED_REQUEST_SEQUENCE):
             if not has_value(item, STUDY_INSTANCE_UID):
@@ -881,6 +871,14 @@ class UpsSimulator:
             for code in values_of(dataset, sequence):
                 if not has_value(code, CODE_MEANING):
                     _reject(400, f"Missing {tag_name(CODE_MEANING)} in a {tag_name(sequence)} item")
+        for item in values_of(dataset, INPUT_INFORMATION_SEQUENCE):  # Referenced Instances and Access Macro
+            for tag in (TYPE_OF_INSTANCES, REFERENCED_SOP_SEQUENCE):
+                if not has_value(item, tag):
+                    _reject(400, f"Missing {tag_name(tag)} in a {tag_name(INPUT_INFORMATION_SEQUENCE)} item")
+            for reference in values_of(item, REFERENCED_SOP_SEQUENCE):
+                for tag in (REFERENCED_SOP_CLASS_UID, REFERENCED_SOP_INSTANCE_UID):
+                    if not has_value(reference, tag):
+                        _reject(400, f"Missing {tag_name(tag)} in a {tag_name(REFERENCED_SOP_SEQUENCE)} item")
         for sequence in (PROCEDURE_STEP_PROGRESS_INFORMATION_SEQUENCE, UPS_PERFORMED_PROCEDURE_SEQUENCE):
             if any(item for item in values_of(dataset, sequence)):
                 _reject(400, f"{tag_name(sequence)} must not have content on creation")
