@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.db import async_url
 from gateway.dicom import UidRootError, validate_uid_root
-from gateway.vr import VrError, ae, da
+from gateway.vr import VrError, ae
 
 
 class PacsProfileName(StrEnum):
@@ -73,9 +73,6 @@ class Settings(BaseSettings):
     worklist_priority: Literal["HIGH", "MEDIUM", "LOW"] = "MEDIUM"
     worklist_input_readiness: Literal["INCOMPLETE", "UNAVAILABLE", "READY"] = "READY"
     worklist_label: str = Field(default="WORKLIST", min_length=1, max_length=64)
-    # Microsoft's service wants a birth date on every workitem: a placeholder (e.g. 19000101) for when none is
-    # given. Unset, such a create is refused with 400 (the gateway does not make one up).
-    worklist_unknown_birth_date: str | None = None
 
     # --- new-exam callbacks ----------------------------------------------------------------------------------------
     database_url: str = "sqlite:///./data/gateway.db"
@@ -141,16 +138,6 @@ class Settings(BaseSettings):
     auth_clock_skew_s: int = Field(default=30, ge=0, le=300)
     auth_jwks_cache_s: float = Field(default=300.0, ge=0)
     auth_jwks_min_refetch_s: float = Field(default=10.0, ge=0)
-
-    @field_validator("worklist_unknown_birth_date")
-    @classmethod
-    def _placeholder_date(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return da(value)
-        except VrError as exc:
-            raise ValueError(f"a date YYYYMMDD: {exc}") from None
 
     @field_validator("callback_urls")
     @classmethod

@@ -1,20 +1,30 @@
-"""`/workitems`: a worklist of simple JSON workitems, kept in the PACS as UPS-RS workitems (PS3.18 §11).
+"""`/workitems`: a worklist of simple JSON workitems, kept in the PACS as UPS-RS workitems (PS3.18 §11), shown to
+clients in the Modality Worklist layout of the contract page (`worklist_mwl`), whatever the dialect.
 
 - `POST /workitems`: the simple fields (`worklist_fields.FIELDS`) are validated, translated (`worklist_ups`) and
   created upstream with the workitem UID placed where the dialect wants it; the answer is the created workitem as
-  the PACS then returns it (so a client sees what was stored, not what was meant).
+  the PACS then returns it, in the MWL layout (so a client sees what was stored, not what was meant). `409` when the
+  study already has a workitem that is SCHEDULED or IN PROGRESS; a CANCELED or COMPLETED one does not block a new
+  one (UPS-RS keys workitems by their own UID: the PACS holds both).
 - `GET /workitems`: a search, always narrowed to one patient for a patient caller; every answer is filtered to exact
   PatientID equality before it leaves (Microsoft's service matches case-insensitively, others take wildcards).
-- `DELETE /workitems/{studyInstanceUID}`: UPS has no delete; the study's SCHEDULED workitem is cancelled with a
+  Cancelled workitems are removed as far as clients are concerned (the contract page: "the workitem has been
+  removed"): without a `ProcedureStepState` filter the search lists SCHEDULED, IN PROGRESS and COMPLETED ones
+  (a completed procedure did happen), and `ProcedureStepState=CANCELED` lists the cancelled ones. `limit` and
+  `offset` count the workitems answered, hidden ones aside: the gateway reads the PACS's matches page by page.
+- `DELETE /workitems/{studyInstanceUID}`: UPS has no delete; the study's SCHEDULED workitems are cancelled with a
   cancel request. Only the performer that claimed an IN PROGRESS workitem can end it (it holds the lock), so the
-  gateway answers 409 for those, as for COMPLETED and CANCELED ones.
+  gateway answers 409 for those (and cancels nothing), as for a COMPLETED one. A study whose workitems are all
+  cancelled has none left: 404, as for a study that never had one.
 
-The Transaction UID (0008,1195) is the lock on a claimed workitem: it is removed from everything returned.
+The Transaction UID (0008,1195) is the lock on a claimed workitem: the MWL layout is a list of known tags, so it is
+never part of an answer.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -35,7 +45,6 @@ from gateway.errors import (
 from gateway.qido import (
     PATIENT_ID_SPELLINGS,
     bad_parameter,
-    date_or_range,
     exact_short_string,
     integer_parameter,
     optional_patient_id,
@@ -44,8 +53,10 @@ from gateway.qido import (
 from gateway.scope import EXAMS_ROLES, require_patient_access
 from gateway.settings import PacsProfileName, Settings
 from gateway.upstream import UpstreamAnswer, UpstreamClient
-from gateway.worklist_fields import parse_workitem
-from gateway.worklist_ups import Dataset, MissingForDialect, build_create, element
+from gateway.vr import VrError
+from gateway.worklist_fields import date_range, parse_workitem
+from gateway.worklist_mwl import mwl_workitem
+from gateway.worklist_ups import Dataset, build_create, element
 
 DICOM_JSON = "application/dicom+json"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a workitem is a few KB; room for a client's oversized field to get its 400
@@ -54,7 +65,6 @@ DEFAULT_LIMIT = 100
 MAX_OFFSET = 100_000
 UPS_SOP_CLASS_UID = "1.2.840.10008.5.1.4.34.6.1"  # Unified Procedure Step - Push SOP Class
 
-TRANSACTION_UID = "00081195"
 SOP_CLASS_UID = "00080016"
 SOP_INSTANCE_UID = "00080018"
 PATIENT_ID = "00100020"
@@ -62,6 +72,8 @@ STUDY_INSTANCE_UID = "0020000D"
 PROCEDURE_STEP_STATE = "00741000"
 REASON_FOR_CANCELLATION = "00741238"
 STATES = ("SCHEDULED", "IN PROGRESS", "CANCELED", "COMPLETED")
+ACTIVE = frozenset({"SCHEDULED", "IN PROGRESS"})  # the states that hold a study: 409 on a new workitem for it
+HIDDEN = "CANCELED"  # removed, as far as clients are concerned
 
 # Search parameters of `GET /workitems` and the UPS-RS attribute each one matches (every dialect supports these).
 SEARCH_KEYS = {
@@ -96,19 +108,6 @@ DIALECTS = {
     PacsProfileName.STANDARD: Dialect("standard", bare_uid_query=False, array_bodies=True, sop_uids_in_body=True,
                                       needs_requester=False),
 }
-
-
-def without_lock(dataset: Dataset) -> Dataset:
-    """The workitem as clients see it: no Transaction UID, at any depth."""
-    out: Dataset = {}
-    for tag, value in dataset.items():
-        if tag.upper() == TRANSACTION_UID:
-            continue
-        if isinstance(value, dict) and value.get("vr") == "SQ" and isinstance(value.get("Value"), list):
-            value = {**value, "Value": [without_lock(item) if isinstance(item, dict) else item
-                                        for item in value["Value"]]}
-        out[tag] = value
-    return out
 
 
 def _first(dataset: Dataset, tag: str) -> str:
@@ -159,21 +158,16 @@ class Worklist:
         values = parse_workitem(await read_json(request, max_bytes=MAX_BODY_BYTES, what="the workitem"))
         require_patient_access(caller, values["PatientID"])
         study_uid = values.get("StudyInstanceUID") or self._uids.new()
-        try:
-            dataset = build_create(
-                values, dialect=dialect.name, study_uid=study_uid,
-                priority=self._settings.worklist_priority, input_readiness=self._settings.worklist_input_readiness,
-                worklist_label=self._settings.worklist_label,
-                unknown_birth_date=self._settings.worklist_unknown_birth_date,
-            )
-        except MissingForDialect as exc:
-            raise BadRequest(
-                f"this PACS ({dialect.name}) needs {', '.join(exc.fields)} for a workitem (or set "
-                "WORKLIST_UNKNOWN_BIRTH_DATE to a placeholder)",
-                {"fields": [{"field": name, "message": "required by this PACS"} for name in exc.fields]},
-            ) from None
-        if await self._workitems_of_study(study_uid):
-            raise Conflict("a workitem for this StudyInstanceUID already exists", {"StudyInstanceUID": study_uid})
+        dataset = build_create(
+            values, dialect=dialect.name, study_uid=study_uid,
+            priority=self._settings.worklist_priority, input_readiness=self._settings.worklist_input_readiness,
+            worklist_label=self._settings.worklist_label,
+        )
+        active = [ds for ds in await self._workitems_of_study(study_uid) if _first(ds, PROCEDURE_STEP_STATE) in ACTIVE]
+        if active:
+            state = _first(active[0], PROCEDURE_STEP_STATE)
+            raise Conflict(f"this StudyInstanceUID already has a workitem that is {state}",
+                           {"StudyInstanceUID": study_uid, "state": state})
         uid = self._uids.new()
         if dialect.sop_uids_in_body:
             dataset["00080016"] = element("UI", UPS_SOP_CLASS_UID)
@@ -190,7 +184,7 @@ class Worklist:
                                        {"upstream_status": answer.status_code,
                                         "upstream_message": _upstream_message(answer)})
         created = await self._retrieve(uid)
-        return JSONResponse(without_lock(created), headers={"Cache-Control": "no-store"})
+        return JSONResponse(mwl_workitem(created), headers={"Cache-Control": "no-store"})
 
     async def _retrieve(self, uid: str) -> Dataset:
         answer = await self._upstream.request("GET", f"workitems/{uid}", operation="ups_retrieve",
@@ -238,10 +232,30 @@ class Worklist:
             query.append(("ProcedureStepState", state))
         limit = integer_parameter(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         offset = integer_parameter(params, "offset", 0, 0, MAX_OFFSET)
-        found = await self._search(query, limit=limit, offset=offset)
-        if patient_id is not None:  # defence in depth: exact equality, whatever the PACS's matching rules
-            found = [ds for ds in found if _first(ds, PATIENT_ID) == patient_id]
-        return JSONResponse([without_lock(ds) for ds in found], headers={"Cache-Control": "no-store"})
+
+        def shown(dataset: Dataset) -> bool:
+            # Exact PatientID equality whatever the PACS's matching rules; cancelled ones only when asked for.
+            return ((patient_id is None or _first(dataset, PATIENT_ID) == patient_id)
+                    and (state is not None or _first(dataset, PROCEDURE_STEP_STATE) != HIDDEN))
+
+        found = await self._search_shown(query, shown, limit=limit, offset=offset)
+        return JSONResponse([mwl_workitem(ds) for ds in found], headers={"Cache-Control": "no-store"})
+
+    async def _search_shown(self, query: list[tuple[str, str]], shown: Callable[[Dataset], bool], *, limit: int,
+                            offset: int) -> list[Dataset]:
+        """The page `offset`, `limit` of the matches that `shown` keeps, read from the PACS in pages of MAX_LIMIT.
+
+        A page shorter than asked for is the last one (the dialects honour `limit` up to 200, ups-rs.md).
+        """
+        kept: list[Dataset] = []
+        upstream_offset = 0
+        while len(kept) < offset + limit:
+            page = await self._search(query, limit=MAX_LIMIT, offset=upstream_offset)
+            kept.extend(ds for ds in page if shown(ds))
+            if len(page) < MAX_LIMIT:
+                break
+            upstream_offset += len(page)
+        return kept[offset:offset + limit]
 
     async def _search(self, query: list[tuple[str, str]], *, limit: int, offset: int) -> list[Dataset]:
         answer = await self._upstream.request(
@@ -270,19 +284,24 @@ class Worklist:
         study_uid = request.path_params["studyInstanceUID"]
         if not is_valid_uid(study_uid):
             raise bad_parameter("studyInstanceUID", "not a valid UID (1-64 digits and dots, no leading zeros)")
-        found = [ds for ds in await self._workitems_of_study(study_uid) if _may_see(caller, ds)]
-        if not found:
+        found = [ds for ds in await self._workitems_of_study(study_uid)
+                 if _may_see(caller, ds) and _first(ds, PROCEDURE_STEP_STATE) != HIDDEN]
+        if not found:  # none, another patient's (no existence oracle), or all cancelled already: removed
             raise NotFound("no workitem for this study", {"StudyInstanceUID": study_uid})
-        by_state = {_first(ds, PROCEDURE_STEP_STATE): ds for ds in found}
-        scheduled = by_state.get("SCHEDULED")
-        if scheduled is None:
-            if "IN PROGRESS" in by_state:
-                raise Conflict(
-                    "the workitem is IN PROGRESS: a performer has claimed it, and only that performer can end it "
-                    "(the gateway is not its owner)", {"StudyInstanceUID": study_uid, "state": "IN PROGRESS"})
-            state = next(iter(by_state))
+        states = {_first(ds, PROCEDURE_STEP_STATE) for ds in found}
+        if "IN PROGRESS" in states:
+            raise Conflict(
+                "the workitem is IN PROGRESS: a performer has claimed it, and only that performer can end it "
+                "(the gateway is not its owner)", {"StudyInstanceUID": study_uid, "state": "IN PROGRESS"})
+        scheduled = [ds for ds in found if _first(ds, PROCEDURE_STEP_STATE) == "SCHEDULED"]
+        if not scheduled:
+            state = sorted(states)[0]
             raise Conflict(f"the workitem is already {state}", {"StudyInstanceUID": study_uid, "state": state})
-        uid = _first(scheduled, SOP_INSTANCE_UID)
+        for dataset in scheduled:  # more than one only after two creates raced for the study (README)
+            await self._cancel_one(dialect, _first(dataset, SOP_INSTANCE_UID), study_uid)
+        return Response(status_code=204)
+
+    async def _cancel_one(self, dialect: Dialect, uid: str, study_uid: str) -> None:
         params = [("requester", self._settings.pacs_requester_aet)] if dialect.needs_requester else []
         reason = {REASON_FOR_CANCELLATION: element("LT", "Cancelled by a user through dicom-gateway")}
         answer = await self._upstream.request(
@@ -290,7 +309,7 @@ class Worklist:
             headers={"Content-Type": DICOM_JSON, "Accept": DICOM_JSON}, content=dialect.body(reason),
         )
         if answer.status_code in (200, 202, 204):
-            return Response(status_code=204)
+            return
         if answer.status_code == 404:
             raise NotFound("no workitem for this study", {"StudyInstanceUID": study_uid})
         if answer.status_code in (400, 409):  # the state changed between the search and the request
@@ -307,11 +326,12 @@ def _may_see(caller: Caller, dataset: Dataset) -> bool:
 
 
 def _date_range(value: str) -> str:
-    """A date or a range (`A-B`, `A-`, `-B`) as a ScheduledProcedureStepStartDateTime range covering whole days."""
-    date_or_range("ScheduledProcedureStepStartDate", value)
-    low, dash, high = value.partition("-")
-    if not dash:
-        return f"{low}000000-{low}235959"
+    """A date or a range (`A-B`, `A-`, `-B`; YYYYMMDD or YYYY-MM-DD) as a ScheduledProcedureStepStartDateTime range
+    covering whole days."""
+    try:
+        low, high = date_range(value)
+    except VrError as exc:
+        raise bad_parameter("ScheduledProcedureStepStartDate", str(exc)) from None
     return f"{low + '000000' if low else ''}-{high + '235959' if high else ''}"
 
 

@@ -1,16 +1,26 @@
-"""Building the UPS-RS create dataset (PS3.18 §11.4, PS3.4 Table CC.2.5-3) from validated workitem fields.
+"""The UPS-RS side of a workitem (PS3.18 §11.4, PS3.4 Table CC.2.5-3): the create dataset built from validated
+workitem fields, and those fields read back from a UPS dataset as the PACS returns it.
 
-Used by `gateway.workitems`. What differs per upstream dialect is chosen by `dialect`: `standard` (PS3.18 as
-written: Type 2 attributes present, TransactionUID present and empty), `azure` (as standard, plus the attributes
-Microsoft's validator requires with values, and TypeOfInstances with a ReferencedSOPSequence at top level),
-`dcm4chee` (no SOP Class/Instance UID in the body, no Type 2 requirement).
+Used by `gateway.workitems` and `gateway.worklist_mwl`. Where each field goes is `worklist_fields.FIELDS`. What
+differs per upstream dialect is chosen by `dialect`: `standard` (PS3.18 as written: Type 2 attributes present, empty
+when unknown; TransactionUID present and empty), `azure` (the same: Microsoft's validator checks that Type 2
+attributes are present, PatientBirthDate, PatientSex, AdmissionID and AdmittingDiagnosesDescription included, and
+accepts them empty, per shared/upstreams/ups-rs.md; an open question, see tests/ups_simulator.py), `dcm4chee`
+(no SOP Class/Instance UID in the body, no Type 2 requirement).
+
+Nothing is made up to satisfy a PACS: an unknown value is an empty element, never a placeholder. The codes the
+gateway must build (Table CC.2.5-2a needs a Code Meaning in every code item) say what they are: the station's AE
+title under the local scheme 99DCMGW (its Code Meaning the station name, or the AE title when no name was given),
+the modality under DCM, and the step ID under 99DCMGW only when one was given.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.worklist_fields import (
+    FIELDS,
     HUMAN_PERFORMERS,
     LOCAL_SCHEME,
     REFERENCED_REQUEST,
@@ -20,6 +30,12 @@ from gateway.worklist_fields import (
 )
 
 Dataset = dict[str, Any]
+
+START_DATETIME = "00404005"  # Scheduled Procedure Step Start DateTime (DT)
+STUDY_INSTANCE_UID = "0020000D"
+CODE_VALUE = "00080100"
+CODING_SCHEME = "00080102"
+CODE_MEANING = "00080104"
 
 # Table CC.2.5-3 Type 2 attributes of a UPS create, present (empty when unknown) for standard and azure upstreams.
 TYPE2_TOP = {
@@ -54,79 +70,54 @@ TYPE2_REQUEST_ITEM = {
     "00321060": "LO",  # Requested Procedure Description
     "00321064": "SQ",  # Requested Procedure Code Sequence
 }
-TOP_LEVEL = {  # simple field -> (tag, VR) for fields that land at top level unchanged
-    "PatientID": ("00100020", "LO"),
-    "ReferringPhysicianName": ("00080090", "PN"),
-    "AdmissionID": ("00380010", "LO"),
-    "CurrentPatientLocation": ("00380300", "LO"),
-    "PatientBirthDate": ("00100030", "DA"),
-    "PatientSex": ("00100040", "CS"),
-    "ConfidentialityConstraintOnPatientDataDescription": ("00403001", "LO"),
-    "PatientState": ("00380500", "LO"),
-    "PregnancyStatus": ("001021C0", "US"),
-    "MedicalAlerts": ("00102000", "LO"),
-    "ServiceEpisodeID": ("00380060", "LO"),
-}
-REQUEST_ITEM = {  # simple field -> (tag, VR) inside the Referenced Request Sequence item
-    "AccessionNumber": ("00080050", "SH"),
-    "RequestedProcedureID": ("00401001", "SH"),
-    "RequestedProcedureDescription": ("00321060", "LO"),
-    "RequestingPhysician": ("00321032", "PN"),
-    "PlacerOrderNumberImagingServiceRequest": ("00402016", "LO"),
-}
-PN_VRS = frozenset({"PN"})
-
-
-class MissingForDialect(ValueError):
-    """Fields this upstream requires with a value that the caller did not give."""
-
-    def __init__(self, fields: list[str]) -> None:
-        super().__init__(", ".join(fields))
-        self.fields = fields
+PROCEDURE_STEP_LABEL = "00741204"
+# Fields copied unchanged into one top-level element, and those in the Referenced Request Sequence item.
+_PLAIN = tuple(field for field in FIELDS if len(field.path) == 1
+               and field.path[0] not in (START_DATETIME, STUDY_INSTANCE_UID, PROCEDURE_STEP_LABEL))
+_IN_REQUEST = tuple(field for field in FIELDS if field.path[0] == REFERENCED_REQUEST)
+_DT = re.compile(r"(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?")
 
 
 def element(vr: str, *values: Any) -> dict[str, Any]:
-    if vr in PN_VRS:
+    if vr == "PN":
         values = tuple({"Alphabetic": value} for value in values)
     return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    return {"00080100": element("SH", value), "00080102": element("SH", scheme), "00080104": element("LO", meaning)}
+    return {CODE_VALUE: element("SH", value), CODING_SCHEME: element("SH", scheme),
+            CODE_MEANING: element("LO", meaning)}
 
 
 def build_create(values: dict[str, Any], *, dialect: str, study_uid: str, priority: str = "MEDIUM",
-                 input_readiness: str = "READY", worklist_label: str = "WORKLIST",
-                 unknown_birth_date: str | None = None) -> Dataset:
+                 input_readiness: str = "READY", worklist_label: str = "WORKLIST") -> Dataset:
     """The UPS dataset for a create, without the workitem UID (the dialect says where it goes)."""
     description = values["ScheduledProcedureStepDescription"]
-    start = values["ScheduledProcedureStepStartDate"] + values["ScheduledProcedureStepStartTime"]
+    aet = values["ScheduledStationAETitle"]
     ups: Dataset = {
         "00741200": element("CS", priority),
-        "00741204": element("LO", description),  # Procedure Step Label
-        "00404005": element("DT", start),
+        PROCEDURE_STEP_LABEL: element("LO", description),
+        START_DATETIME: element("DT", values["ScheduledProcedureStepStartDate"]
+                                + values["ScheduledProcedureStepStartTime"]),
         "00404041": element("CS", input_readiness),
         "00741000": element("CS", "SCHEDULED"),
-        "00100010": element("PN", values["PatientName"]),
-        "0020000D": element("UI", study_uid),
-        STATION_NAME_CODE: element("SQ", _code(values["ScheduledStationAETitle"], LOCAL_SCHEME,
-                                              values.get("ScheduledStationName", values["ScheduledStationAETitle"]))),
+        STUDY_INSTANCE_UID: element("UI", study_uid),
+        STATION_NAME_CODE: element("SQ", _code(aet, LOCAL_SCHEME, values.get("ScheduledStationName", aet))),
         STATION_CLASS_CODE: element("SQ", _code(values["Modality"], "DCM", values["Modality"])),
-        WORKITEM_CODE: element("SQ", _code(values.get("ScheduledProcedureStepID", values["Modality"]), LOCAL_SCHEME,
-                                          description)),
     }
-    for field, (tag, vr) in TOP_LEVEL.items():
-        if field in values:
-            ups[tag] = element(vr, values[field])
-    request: Dataset = {"0020000D": element("UI", study_uid)}
-    for field, (tag, vr) in REQUEST_ITEM.items():
-        if field in values:
-            request[tag] = element(vr, values[field])
+    if "ScheduledProcedureStepID" in values:
+        ups[WORKITEM_CODE] = element("SQ", _code(values["ScheduledProcedureStepID"], LOCAL_SCHEME, description))
+    for field in _PLAIN:
+        if field.name in values:
+            ups[field.path[0]] = element(field.vr, values[field.name])
+    request: Dataset = {STUDY_INSTANCE_UID: element("UI", study_uid)}
+    for field in _IN_REQUEST:
+        if field.name in values:
+            request[field.path[1]] = element(field.vr, values[field.name])
     if "ScheduledPerformingPhysiciansName" in values:
-        performer = values["ScheduledPerformingPhysiciansName"]
         ups[HUMAN_PERFORMERS] = element("SQ", {
             "00404009": element("SQ", _code("PERFORMER", LOCAL_SCHEME, "Scheduled performing physician")),
-            "00404037": element("PN", performer),
+            "00404037": element("PN", values["ScheduledPerformingPhysiciansName"]),
         })
     if dialect == "dcm4chee":
         ups["00741202"] = element("LO", worklist_label)
@@ -138,20 +129,61 @@ def build_create(values: dict[str, Any], *, dialect: str, study_uid: str, priori
     for tag, vr in TYPE2_TOP.items():
         ups.setdefault(tag, element(vr))
     ups["00081195"] = element("UI")  # present and empty: the lock is taken when work starts
-    if dialect == "standard":
-        ups["00741202"] = element("LO", worklist_label)
-        return ups
-    # azure: Microsoft's validator wants these with values (shared/upstreams/ups-rs.md).
-    defaults = {"00100040": ("CS", "O"), "00380010": ("LO", values["AccessionNumber"]),
-                "00081080": ("LO", description)}
-    for tag, (vr, default) in defaults.items():
-        if "Value" not in ups[tag]:
-            ups[tag] = element(vr, default)
-    if "Value" not in ups["00100030"]:
-        if unknown_birth_date is None:  # a birth date is not made up unless the operator chose a placeholder
-            raise MissingForDialect(["PatientBirthDate"])
-        ups["00100030"] = element("DA", unknown_birth_date)
-    ups["0040E020"] = element("CS", "DICOM")  # Type of Instances, with the Referenced SOP Sequence below
-    ups["00081199"] = element("SQ", {"00081150": element("UI", "1.2.840.10008.5.1.4.1.1.7"),
-                                     "00081155": element("UI", study_uid)})
+    ups["00741202"] = element("LO", worklist_label)  # Type 2/1; Microsoft's service replaces it with "worklist"
     return ups
+
+
+# -- reading back ---------------------------------------------------------------------------------------------------
+
+
+def _item(dataset: Dataset, tag: str) -> Dataset:
+    """The first item of a sequence, or an empty dataset (absent, empty or malformed)."""
+    items = values(dataset, tag)
+    return items[0] if items and isinstance(items[0], dict) else {}
+
+
+def values(dataset: Dataset, tag: str) -> list[Any]:
+    """An element's Value array ([] when absent, empty or malformed); tags are matched case-insensitively."""
+    element_ = dataset.get(tag)
+    if element_ is None:
+        element_ = next((value for key, value in dataset.items() if key.upper() == tag), None)
+    found = element_.get("Value") if isinstance(element_, dict) else None
+    return [value for value in found if value is not None] if isinstance(found, list) else []
+
+
+def text(dataset: Dataset, tag: str) -> str:
+    """An element's first value as text ('' when there is none): a PN's Alphabetic group, numbers as digits."""
+    for value in values(dataset, tag):
+        if isinstance(value, dict):
+            value = value.get("Alphabetic", "")
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return ""
+
+
+def read_workitem(ups: Dataset) -> dict[str, list[Any]]:
+    """Each field's values (a dicom+json Value array, [] when unknown) as stored in a UPS dataset: the inverse of
+    `build_create`, also for workitems other systems created (the first item of each sequence is read)."""
+    read: dict[str, list[Any]] = {field.name: [] for field in FIELDS}
+    for field in FIELDS:
+        holder = _item(ups, field.path[0]) if len(field.path) == 2 else ups
+        if field.path[0] in (STATION_NAME_CODE, STATION_CLASS_CODE, WORKITEM_CODE, START_DATETIME):
+            continue  # below
+        read[field.name] = values(holder, field.path[-1])
+    read["StudyInstanceUID"] = (values(ups, STUDY_INSTANCE_UID)
+                                or values(_item(ups, REFERENCED_REQUEST), STUDY_INSTANCE_UID))
+    start = _DT.fullmatch(text(ups, START_DATETIME))
+    if start is not None:
+        read["ScheduledProcedureStepStartDate"] = [start.group(1)]
+        read["ScheduledProcedureStepStartTime"] = [start.group(2)] if start.group(2) else []
+    station = _item(ups, STATION_NAME_CODE)
+    aet, station_name = text(station, CODE_VALUE), text(station, CODE_MEANING)
+    read["ScheduledStationAETitle"] = [aet] if aet else []
+    # With no station name given, the Code Meaning holds the AE title (it must hold something): not a name.
+    read["ScheduledStationName"] = [station_name] if station_name and station_name != aet else []
+    modality = text(_item(ups, STATION_CLASS_CODE), CODE_VALUE)
+    read["Modality"] = [modality] if modality else []
+    step = _item(ups, WORKITEM_CODE)
+    step_id = text(step, CODE_VALUE)  # a step ID is the gateway's own code; other systems' codes are not IDs
+    read["ScheduledProcedureStepID"] = [step_id] if step_id and text(step, CODING_SCHEME) == LOCAL_SCHEME else []
+    return read

@@ -25,7 +25,6 @@ BASE = {"pacs_service_url": "http://127.0.0.1:8042/dicom-web", "auth_mode": "non
         ({"pacs_requester_aet": "A" * 17}, "PACS_REQUESTER_AET:"),
         ({"pacs_requester_aet": "   "}, "PACS_REQUESTER_AET:"),
         ({"worklist_priority": "URGENT"}, "WORKLIST_PRIORITY:"),
-        ({"worklist_unknown_birth_date": "19000230"}, "WORKLIST_UNKNOWN_BIRTH_DATE:"),
         ({"worklist_input_readiness": "SOON"}, "WORKLIST_INPUT_READINESS:"),
         ({"pacs_username": "gw"}, "PACS_USERNAME and PACS_PASSWORD"),
         ({"pacs_oauth_token_url": "http://idp/token"}, "PACS_OAUTH_TOKEN_URL, PACS_OAUTH_CLIENT_ID"),

@@ -5,15 +5,18 @@ No UPS-RS server can be installed here (shared/upstreams/ups-rs.md); the simulat
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.worklist_fields import BY_NAME, FIELDS
 from tests import ups_simulator
 from tests.conftest import make_settings, running
 from tests.exams_support import SECRET, clinician, patient
@@ -27,14 +30,58 @@ SEED: dict[str, Any] = {
     "ScheduledProcedureStepStartDate": "20000101", "ScheduledProcedureStepStartTime": "120000",
     "ScheduledProcedureStepDescription": "Tac", "Modality": "CT", "AccessionNumber": "NDS83JF784N209D2",
 }
+# The contract page's create example, as it sends it (its own StudyInstanceUID included).
+PAGE_CREATE = {"StudyInstanceUID": "1.2.752.24.5.2584605181.20150129083013.816906", **SEED}
 REQUIRED = ["PatientID", "PatientName", "ScheduledStationAETitle", "ScheduledProcedureStepDescription",
             "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime", "Modality", "AccessionNumber"]
+# The tags, VRs and nesting of the contract page's GET /workitems response example (Modality Worklist layout).
+STEP = "00400100"
+PAGE_SHAPE: dict[str, Any] = {
+    "00080005": "CS", "00080050": "SH", "00080090": "PN", "00100010": "PN", "00100020": "LO", "00100030": "DA",
+    "00100040": "CS", "00102000": "LO", "001021C0": "US", "0020000D": "UI", "00321032": "PN", "00321060": "LO",
+    "00380010": "LO", "00380300": "LO", "00380500": "LO",
+    STEP: {"00080060": "CS", "00400001": "AE", "00400002": "DA", "00400003": "TM", "00400006": "PN",
+           "00400007": "LO", "00400009": "SH", "00400010": "SH"},
+    "00401001": "SH", "00402016": "LO", "00403001": "LO",
+}
+EXTRAS = {"00080018": "UI", "00741000": "CS"}  # the workitem's UID and state, shown beyond the page's example
+EVERY_FIELD: dict[str, Any] = {
+    **SEED, "ScheduledPerformingPhysiciansName": "VERDI^ANNA", "ScheduledProcedureStepID": "SPS1",
+    "RequestedProcedureDescription": "CT head", "RequestedProcedureID": "RP1",
+    "RequestingPhysician": "BIANCHI^LUCA", "ReferringPhysicianName": "NERI^PAOLO", "AdmissionID": "ADM1",
+    "CurrentPatientLocation": "Ward 3", "PatientBirthDate": "19800229", "PatientSex": "F",
+    "ConfidentialityConstraintOnPatientDataDescription": "none", "PatientState": "stable", "PregnancyStatus": 4,
+    "MedicalAlerts": "none known", "PlacerOrderNumberImagingServiceRequest": "PO1", "ServiceEpisodeID": "EP1",
+    "ScheduledStationName": "CT room 1",
+}
 
 
 def seed(profile: str, **changes: Any) -> dict[str, Any]:
-    """The seed body; Microsoft's service needs a birth date (ups-rs.md), so the azure runs add one."""
-    body = {**SEED, **({"PatientBirthDate": "19700101"} if profile == "azure" else {}), **changes}
+    """The seed body (every profile takes it as is: no birth date needed), with changes; None drops a field."""
+    del profile
+    body = {**SEED, **changes}
     return {key: value for key, value in body.items() if value is not None}
+
+
+def shape(dataset: dict[str, Any]) -> dict[str, Any]:
+    """Tag -> VR, and for a sequence tag -> the shape of its single item."""
+    out: dict[str, Any] = {}
+    for tag, element in dataset.items():
+        if element["vr"] == "SQ":
+            [item] = element["Value"]
+            out[tag] = shape(item)
+        else:
+            out[tag] = element["vr"]
+    return out
+
+
+def assert_mwl_layout(item: dict[str, Any], *extra: str) -> None:
+    """Every tag of the page's example with its VR and nesting; beyond it only the workitem's UID and state and
+    the given extras."""
+    expected = {**PAGE_SHAPE, **EXTRAS}
+    got = shape(item)
+    assert {tag: got[tag] for tag in got if tag not in extra} == expected
+    assert list(item) == sorted(item)  # dicom+json order: ascending tags
 
 
 class Stack:
@@ -83,99 +130,100 @@ def first(dataset: dict[str, Any], *path: str) -> Any:
     return dataset[path[-1]]["Value"][0]
 
 
+
+def mwl_place(item: dict[str, Any], name: str) -> dict[str, Any]:
+    """The element of a field in an MWL dataset, found by `worklist_fields.FIELDS`."""
+    path = BY_NAME[name].mwl
+    holder: dict[str, Any] = item[STEP]["Value"][0] if path[0] == STEP else item
+    element: dict[str, Any] = holder[path[-1]]
+    return element
+
+
+def simple(element: dict[str, Any]) -> Any:
+    if "Value" not in element:
+        return None
+    [value] = element["Value"]
+    return value["Alphabetic"] if isinstance(value, dict) else value
+
+
 # --- create ----------------------------------------------------------------------------------------------------------
 
 
-async def test_the_seed_creates_a_workitem_that_get_returns_with_the_values_in_their_ups_places(profile: str) -> None:
+async def test_the_page_create_example_is_200_in_the_mwl_layout_and_listed_so(profile: str) -> None:
     async with stack(profile) as s:
-        created = await s.create(seed(profile))
+        created = await s.create(PAGE_CREATE)
         assert created.status_code == 200, created.text
         item = created.json()
-        study = first(item, "0020000D")
-        assert study.startswith(UID_ROOT + ".")
-        assert first(item, "00080018").startswith(UID_ROOT + ".")  # the workitem UID, made by the gateway
-        assert first(item, "00100020") == "SDJ38WMD1MS01"
-        assert first(item, "00100010") == {"Alphabetic": "MARIO^ROSSI"}
-        assert first(item, "00404005") == "20000101120000"
-        assert first(item, "00741204") == "Tac"
+        assert_mwl_layout(item)
+        assert item["00080005"] == {"vr": "CS", "Value": ["ISO_IR 192"]}
+        assert item["0020000D"] == {"vr": "UI", "Value": [PAGE_CREATE["StudyInstanceUID"]]}
+        assert item["00080050"] == {"vr": "SH", "Value": ["NDS83JF784N209D2"]}
+        assert item["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "MARIO^ROSSI"}]}
+        assert item["00100020"] == {"vr": "LO", "Value": ["SDJ38WMD1MS01"]}
+        assert item[STEP]["Value"] == [{
+            "00080060": {"vr": "CS", "Value": ["CT"]}, "00400001": {"vr": "AE", "Value": ["NGV"]},
+            "00400002": {"vr": "DA", "Value": ["20000101"]}, "00400003": {"vr": "TM", "Value": ["120000"]},
+            "00400006": {"vr": "PN"}, "00400007": {"vr": "LO", "Value": ["Tac"]}, "00400009": {"vr": "SH"},
+            "00400010": {"vr": "SH"},
+        }]
+        for tag in ("00080090", "00100030", "00100040", "00102000", "001021C0", "00321032", "00321060", "00380010",
+                    "00380300", "00380500", "00401001", "00402016", "00403001"):
+            assert "Value" not in item[tag], tag  # unknown: present, empty
         assert first(item, "00741000") == "SCHEDULED"
-        assert first(item, "00404025", "00080100") == "NGV"
-        assert first(item, "00404026", "00080100") == "CT"
-        assert first(item, "0040A370", "00080050") == "NDS83JF784N209D2"
-        assert first(item, "0040A370", "0020000D") == study
-        assert "00081195" not in item
+        assert first(item, "00080018") == next(iter(s.ups.workitems))  # the workitem UID, made by the gateway
+        assert first(item, "00080018").startswith(UID_ROOT + ".")
         listed = await s.client.get("/workitems", params={"patientID": "SDJ38WMD1MS01"}, headers=clinician())
         assert listed.status_code == 200
         assert listed.json() == [item]
+        # What the PACS got: the UPS layout, the values in their UPS places.
+        [stored] = s.ups.workitems.values()
+        assert first(stored, "00404005") == "20000101120000"
+        assert first(stored, "00404025", "00080100") == "NGV"
+        assert first(stored, "0040A370", "00080050") == "NDS83JF784N209D2"
+
+
+async def test_every_field_round_trips_to_its_mwl_place(profile: str) -> None:
+    async with stack(profile) as s:
+        created = await s.create(seed(profile, **EVERY_FIELD))
+        assert created.status_code == 200, created.text
+        item = created.json()
+        assert_mwl_layout(item, "00380060")
+        for name, value in EVERY_FIELD.items():
+            assert simple(mwl_place(item, name)) == value, name
+        study = first(item, "0020000D")
+        assert study.startswith(UID_ROOT + ".")  # generated when not given
+        [stored] = s.ups.workitems.values()
+        assert first(stored, "0040A370", "0020000D") == study
+
+
+async def test_a_second_workitem_for_a_scheduled_study_is_409(profile: str) -> None:
+    async with stack(profile) as s:
+        created = await s.create(seed(profile))
+        assert created.status_code == 200, created.text
+        study = first(created.json(), "0020000D")
         again = await s.create(seed(profile, StudyInstanceUID=study))
         assert again.status_code == 409
-        assert again.json()["error"]["details"]["StudyInstanceUID"] == study
+        assert again.json()["error"]["details"] == {"StudyInstanceUID": study, "state": "SCHEDULED"}
+        s.ups.claim(s.uid_of_study(study))
+        busy = await s.create(seed(profile, StudyInstanceUID=study))
+        assert busy.status_code == 409
+        assert busy.json()["error"]["details"]["state"] == IN_PROGRESS
         assert len(s.ups.workitems) == 1
 
 
-async def test_a_given_study_uid_is_kept(profile: str) -> None:
-    async with stack(profile) as s:
-        created = await s.create(seed(profile, StudyInstanceUID="1.2.3.4.5.6"))
-        assert created.status_code == 200, created.text
-        assert first(created.json(), "0020000D") == "1.2.3.4.5.6"
-
-
-async def test_every_optional_field_lands_in_its_place(profile: str) -> None:
-    optional = {
-        "ScheduledPerformingPhysiciansName": "VERDI^ANNA", "ScheduledProcedureStepID": "SPS1",
-        "RequestedProcedureDescription": "CT head", "RequestedProcedureID": "RP1",
-        "RequestingPhysician": "BIANCHI^LUCA", "ReferringPhysicianName": "NERI^PAOLO", "AdmissionID": "ADM1",
-        "CurrentPatientLocation": "Ward 3", "PatientBirthDate": "19800229", "PatientSex": "F",
-        "ConfidentialityConstraintOnPatientDataDescription": "none",
-        "PatientState": "stable", "PregnancyStatus": 4, "MedicalAlerts": "none known",
-        "PlacerOrderNumberImagingServiceRequest": "PO1", "ServiceEpisodeID": "EP1", "ScheduledStationName": "CT room 1",
-    }
-    async with stack(profile) as s:
-        created = await s.create(seed(profile, **optional))
-        assert created.status_code == 200, created.text
-        item = created.json()
-        assert first(item, "00404034", "00404037") == {"Alphabetic": "VERDI^ANNA"}
-        assert first(item, "00404018", "00080100") == "SPS1"
-        assert first(item, "0040A370", "00321060") == "CT head"
-        assert first(item, "0040A370", "00401001") == "RP1"
-        assert first(item, "0040A370", "00321032") == {"Alphabetic": "BIANCHI^LUCA"}
-        assert first(item, "0040A370", "00402016") == "PO1"
-        assert first(item, "00080090") == {"Alphabetic": "NERI^PAOLO"}
-        assert first(item, "00380010") == "ADM1"
-        assert first(item, "00380300") == "Ward 3"
-        assert first(item, "00100030") == "19800229"
-        assert first(item, "00100040") == "F"
-        assert first(item, "00403001") == "none"
-        assert first(item, "00380500") == "stable"
-        assert first(item, "001021C0") == 4
-        assert first(item, "00102000") == "none known"
-        assert first(item, "00380060") == "EP1"
-        assert first(item, "00404025", "00080104") == "CT room 1"
-
-
-async def test_azure_takes_the_seed_as_is_with_a_placeholder_birth_date_chosen_by_the_operator() -> None:
-    async with stack("azure", worklist_unknown_birth_date="19000101") as s:
+async def test_azure_takes_a_workitem_without_birth_date_sex_or_admission_and_sends_them_empty() -> None:
+    async with stack("azure") as s:
         created = await s.create(SEED)
         assert created.status_code == 200, created.text
+        [stored] = s.ups.workitems.values()
+        for tag, vr in (("00100030", "DA"), ("00100040", "CS"), ("00380010", "LO"), ("00081080", "LO")):
+            assert stored[tag] == {"vr": vr}, tag  # present and empty: nothing made up
         item = created.json()
-        assert first(item, "00100030") == "19000101"
-        assert first(item, "00100020") == "SDJ38WMD1MS01"
-        assert first(item, "00404005") == "20000101120000"
-        listed = await s.client.get("/workitems", params={"patientID": "SDJ38WMD1MS01"}, headers=clinician())
-        assert listed.json() == [item]
-        again = await s.create({**SEED, "StudyInstanceUID": first(item, "0020000D")})
-        assert again.status_code == 409
-        given = await s.create({**SEED, "AccessionNumber": "B2", "PatientBirthDate": "19800101"})
-        assert first(given.json(), "00100030") == "19800101"  # a given date always wins
-
-
-async def test_azure_without_a_birth_date_is_refused_before_the_upstream() -> None:
-    async with stack("azure") as s:
-        refused = await s.create(SEED)
-        assert refused.status_code == 400
-        assert refused.json()["error"]["details"]["fields"] == [
-            {"field": "PatientBirthDate", "message": "required by this PACS"}]
-        assert not [r for r in s.ups.requests if r[0] == "POST"]
+        for name in ("PatientBirthDate", "PatientSex", "AdmissionID"):
+            assert "Value" not in mwl_place(item, name)
+        given = await s.create({**SEED, "AccessionNumber": "B2", "PatientBirthDate": "19800101", "PatientSex": "M"})
+        assert simple(mwl_place(given.json(), "PatientBirthDate")) == "19800101"
+        assert simple(mwl_place(given.json(), "PatientSex")) == "M"
 
 
 async def test_each_dialect_gets_the_workitem_uid_and_body_its_way(profile: str) -> None:
@@ -190,17 +238,54 @@ async def test_each_dialect_gets_the_workitem_uid_and_body_its_way(profile: str)
 @pytest.mark.parametrize("missing", REQUIRED)
 async def test_a_missing_required_field_is_named_and_nothing_reaches_the_upstream(profile: str, missing: str) -> None:
     async with stack(profile) as s:
-        answer = await s.create(seed(profile, **{missing: None}))
-        assert answer.status_code == 400
-        assert {"field": missing, "message": "required"} in answer.json()["error"]["details"]["fields"]
+        for absent in (None, "", "  "):  # absent, empty, only spaces
+            answer = await s.create(seed(profile, **{missing: absent}))
+            assert answer.status_code == 400
+            assert {"field": missing, "message": "required"} in answer.json()["error"]["details"]["fields"]
         assert s.ups.requests == []
+
+
+@pytest.mark.parametrize(("field", "sent", "stored"), [
+    ("ScheduledProcedureStepStartTime", "12:00:00", "120000"),
+    ("ScheduledProcedureStepStartTime", "1200", "120000"),
+    ("ScheduledProcedureStepStartTime", "12:00", "120000"),
+    ("ScheduledProcedureStepStartTime", "12:00:00.5", "120000.5"),
+    ("ScheduledProcedureStepStartTime", "235959.123456", "235959.123456"),
+    ("ScheduledProcedureStepStartDate", "2000-01-01", "20000101"),
+    ("PatientBirthDate", "1980-02-29", "19800229"),
+])
+async def test_common_date_and_time_spellings_are_stored_as_da_and_tm(profile: str, field: str, sent: str,
+                                                                     stored: str) -> None:
+    async with stack(profile) as s:
+        created = await s.create(seed(profile, **{field: sent}))
+        assert created.status_code == 200, created.text
+        assert simple(mwl_place(created.json(), field)) == stored
+        [ups] = s.ups.workitems.values()
+        if field == "PatientBirthDate":
+            assert first(ups, "00100030") == stored
+        else:  # the start, one DT for the PACS
+            start = {"ScheduledProcedureStepStartDate": "20000101", "ScheduledProcedureStepStartTime": "120000",
+                     field: stored}
+            assert first(ups, "00404005") == start["ScheduledProcedureStepStartDate"] + start[
+                "ScheduledProcedureStepStartTime"]
 
 
 @pytest.mark.parametrize(("field", "value", "fragment"), [
     ("ScheduledProcedureStepStartDate", "20000230", "DA"),
-    ("ScheduledProcedureStepStartDate", "2000-01-01", "DA"),
+    ("ScheduledProcedureStepStartDate", "2000-13-01", "DA"),
+    ("ScheduledProcedureStepStartDate", "2000/01/01", "DA"),
+    ("ScheduledProcedureStepStartDate", "2000-0101", "DA"),
+    ("ScheduledProcedureStepStartDate", "01-01-2000", "DA"),
+    ("PatientBirthDate", "1981-02-29", "DA"),
     ("ScheduledProcedureStepStartTime", "250000", "TM"),
-    ("ScheduledProcedureStepStartTime", "12:00", "TM"),
+    ("ScheduledProcedureStepStartTime", "25:00", "TM"),
+    ("ScheduledProcedureStepStartTime", "12:60", "TM"),
+    ("ScheduledProcedureStepStartTime", "12:00:60", "TM"),  # a leap second cannot go into the PACS's DT
+    ("ScheduledProcedureStepStartTime", "12:0000", "TM"),
+    ("ScheduledProcedureStepStartTime", "1200.5", "TM"),
+    ("ScheduledProcedureStepStartTime", "12", "TM"),
+    ("ScheduledProcedureStepStartTime", "12:00:00.1234567", "TM"),
+    ("ScheduledProcedureStepStartTime", "12h00", "TM"),
     ("ScheduledStationAETitle", "A" * 65, "AE"),
     ("PatientName", "A^B^C^D^E^F", "PN"),
     ("PatientID", "PAT*", "LO"),
@@ -284,7 +369,7 @@ async def test_search_filters(profile: str) -> None:
         async def accessions(**params: str) -> list[str]:
             answer = await s.client.get("/workitems", params=params, headers=clinician())
             assert answer.status_code == 200, answer.text
-            return sorted(first(ds, "0040A370", "00080050") for ds in answer.json())
+            return sorted(first(ds, "00080050") for ds in answer.json())
 
         assert await accessions(patientID="P1") == ["ACC1", "ACC2"]
         assert await accessions() == ["ACC1", "ACC2", "ACC3"]  # a clinician may omit the patient
@@ -299,11 +384,34 @@ async def test_search_filters(profile: str) -> None:
         assert len(await accessions(limit="2", offset="2")) == 1
 
 
+async def test_search_takes_dates_spelled_with_dashes(profile: str) -> None:
+    async with stack(profile) as s:
+        for accession, date in (("ACC1", "20240101"), ("ACC2", "20240102"), ("ACC3", "20240103")):
+            assert (await s.create(seed(profile, AccessionNumber=accession,
+                                        ScheduledProcedureStepStartDate=date))).status_code == 200
+
+        async def accessions(value: str) -> list[str]:
+            answer = await s.client.get("/workitems", params={"ScheduledProcedureStepStartDate": value},
+                                        headers=clinician())
+            assert answer.status_code == 200, answer.text
+            return sorted(first(ds, "00080050") for ds in answer.json())
+
+        assert await accessions("2024-01-02") == ["ACC2"]
+        assert await accessions("2024-01-02-") == ["ACC2", "ACC3"]
+        assert await accessions("-2024-01-02") == ["ACC1", "ACC2"]
+        assert await accessions("2024-01-01-2024-01-02") == ["ACC1", "ACC2"]
+        assert await accessions("20240102-2024-01-03") == ["ACC2", "ACC3"]
+        upstream = [query for method, _, query in s.ups.requests if method == "GET"][-1]
+        assert "ScheduledProcedureStepStartDateTime=20240102000000-20240103235959" in upstream
+
+
 @pytest.mark.parametrize("params", [
     {"patientID": ""}, {"patientID": "P*"}, {"patientID": "A,B"}, {"patientID": "A\\B"}, {"patientID": "P?"},
     {"limit": "0"}, {"limit": "201"}, {"offset": "-1"}, {"ScheduledProcedureStepStartDate": "2024"},
-    {"ScheduledProcedureStepStartDate": "20240102-20240101"}, {"ProcedureStepState": "DONE"},
-    {"AccessionNumber": "A*"}, {"Colour": "blue"}, {"patientID": ["A", "B"]},
+    {"ScheduledProcedureStepStartDate": "20240102-20240101"}, {"ScheduledProcedureStepStartDate": "2024/01/02"},
+    {"ScheduledProcedureStepStartDate": "2024-01-02-2024-01-01"}, {"ScheduledProcedureStepStartDate": "2024-13-01"},
+    {"ScheduledProcedureStepStartDate": "-"}, {"ScheduledProcedureStepStartDate": "2024-01-0"},
+    {"ProcedureStepState": "DONE"}, {"AccessionNumber": "A*"}, {"Colour": "blue"}, {"patientID": ["A", "B"]},
 ])
 async def test_search_refuses_bad_parameters(profile: str, params: dict[str, Any]) -> None:
     async with stack(profile) as s:
@@ -319,7 +427,22 @@ async def test_search_returns_only_exact_patient_matches_whatever_the_pacs_match
         assert (await s.create(seed("azure", PatientID="ABC", AccessionNumber="UPPER"))).status_code == 200
         assert (await s.create(seed("azure", PatientID="abc", AccessionNumber="LOWER"))).status_code == 200
         answer = await s.client.get("/workitems", params={"patientID": "ABC"}, headers=clinician())
-        assert [first(ds, "0040A370", "00080050") for ds in answer.json()] == ["UPPER"]
+        assert [first(ds, "00080050") for ds in answer.json()] == ["UPPER"]
+
+
+async def test_search_pages_count_the_workitems_shown_not_the_cancelled_ones_hidden() -> None:
+    async with stack("standard") as s:
+        assert (await s.create(seed("standard", AccessionNumber="C"))).status_code == 200
+        [template] = s.ups.workitems.values()
+        template["00741000"] = {"vr": "CS", "Value": ["CANCELED"]}
+        for index in range(250):  # more than one upstream page (200) of cancelled ones, then 3 shown
+            copied = copy.deepcopy(template)
+            copied["00080018"] = {"vr": "UI", "Value": [f"1.2.3.{index}"]}
+            s.ups.workitems[f"1.2.3.{index}"] = copied
+        for accession in ("S1", "S2", "S3"):
+            assert (await s.create(seed("standard", AccessionNumber=accession))).status_code == 200
+        page = await s.client.get("/workitems", params={"limit": "2", "offset": "1"}, headers=clinician())
+        assert [first(ds, "00080050") for ds in page.json()] == ["S2", "S3"]
 
 
 @pytest.mark.parametrize("pacs_leaks_it", [False, True])
@@ -341,7 +464,48 @@ async def test_the_transaction_uid_never_leaves_the_gateway(profile: str, pacs_l
             assert first(direct, "00081195") == lock  # the leak is real, and the gateway removed it
 
 
-# --- cancel ----------------------------------------------------------------------------------------------------------
+# --- delete (cancel) -------------------------------------------------------------------------------------------------
+
+
+async def test_a_deleted_workitem_is_gone_from_searches_and_its_study_takes_a_new_one(profile: str) -> None:
+    async with stack(profile) as s:
+        created = await s.create(PAGE_CREATE)
+        study = PAGE_CREATE["StudyInstanceUID"]
+        assert created.status_code == 200, created.text
+        deleted = await s.client.delete(f"/workitems/{study}", headers=clinician())
+        assert deleted.status_code == 204, deleted.text
+        assert deleted.content == b""
+        listed = await s.client.get("/workitems", params={"patientID": SEED["PatientID"]}, headers=clinician())
+        assert listed.json() == []
+        cancelled = await s.client.get("/workitems", params={"patientID": SEED["PatientID"],
+                                                             "ProcedureStepState": "CANCELED"}, headers=clinician())
+        [shown] = cancelled.json()
+        assert first(shown, "00741000") == "CANCELED"
+        assert first(shown, "0020000D") == study
+        again = await s.client.delete(f"/workitems/{study}", headers=clinician())
+        assert again.status_code == 404  # removed, as far as the client is concerned
+        renewed = await s.create(PAGE_CREATE)
+        assert renewed.status_code == 200, renewed.text
+        assert first(renewed.json(), "00080018") != first(created.json(), "00080018")
+        [current] = (await s.client.get("/workitems", params={"patientID": SEED["PatientID"]},
+                                        headers=clinician())).json()
+        assert current == renewed.json()
+        assert len(s.ups.workitems) == 2  # the PACS keeps the cancelled one
+
+
+async def test_a_completed_workitem_stays_listed_and_does_not_block_a_new_one(profile: str) -> None:
+    async with stack(profile) as s:
+        created = await s.create(PAGE_CREATE)
+        study = PAGE_CREATE["StudyInstanceUID"]
+        s.ups.complete(s.uid_of_study(study))
+        [listed] = (await s.client.get("/workitems", params={"patientID": SEED["PatientID"]},
+                                       headers=clinician())).json()
+        assert first(listed, "00741000") == "COMPLETED"
+        assert first(listed, "00080018") == first(created.json(), "00080018")
+        done = await s.client.delete(f"/workitems/{study}", headers=clinician())
+        assert done.status_code == 409
+        assert "COMPLETED" in done.json()["error"]["message"]
+        assert (await s.create(PAGE_CREATE)).status_code == 200
 
 
 async def test_cancel_scheduled_in_progress_done_and_missing(profile: str) -> None:
@@ -362,8 +526,8 @@ async def test_cancel_scheduled_in_progress_done_and_missing(profile: str) -> No
         assert cancel[0][2] == ("requester=GWTEST" if profile == "dcm4chee" else "")
 
         again = await s.client.delete(f"/workitems/{scheduled}", headers=clinician())
-        assert again.status_code == 409
-        assert "CANCELED" in again.json()["error"]["message"]
+        assert again.status_code == 404
+        assert len([r for r in s.ups.requests if r[1].endswith("/cancelrequest")]) == 1
 
         busy = await s.client.delete(f"/workitems/{claimed}", headers=clinician())
         assert busy.status_code == 409
@@ -399,7 +563,7 @@ async def test_a_patient_works_only_on_their_own_workitems(profile: str) -> None
         assert len(s.ups.requests) == before  # neither reached the PACS
 
         own = await s.client.get("/workitems", headers=patient("ME"))
-        assert [first(ds, "0040A370", "00080050") for ds in own.json()] == ["MINE"]
+        assert [first(ds, "00080050") for ds in own.json()] == ["MINE"]
 
         other_study = first(theirs.json(), "0020000D")
         hidden = await s.client.delete(f"/workitems/{other_study}", headers=patient("ME"))
@@ -430,11 +594,8 @@ async def test_orthanc_has_no_worklist_and_says_which_setting_to_change() -> Non
 
 
 def test_the_readme_shows_the_mapping_table_of_the_code() -> None:
-    from pathlib import Path
-
-    from gateway.worklist_fields import FIELDS
-
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for field in FIELDS:
-        row = f"| `{field.name}` | {field.vr} | {'yes' if field.required else ''} | {field.destination} |"
+        row = (f"| `{field.name}` | {field.vr} | {'yes' if field.required else ''} | {field.destination} | "
+               f"{field.mwl_place} |")
         assert row in readme, f"README's worklist table lacks or differs for {field.name}: {row}"

@@ -1,20 +1,32 @@
-"""The UPS create dataset the gateway builds is accepted by each dialect of the strict simulator (issue 4, WIP)."""
+"""The UPS create dataset the gateway builds is accepted by each dialect of the strict simulator, reads back to the
+fields it was built from, and carries no value the caller did not give."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
 
-from gateway.worklist_fields import parse_workitem
-from gateway.worklist_ups import MissingForDialect, build_create
-from tests.ups_simulator import UpsSimulator, new_uid
+from gateway.worklist_fields import FIELDS, parse_workitem
+from gateway.worklist_ups import build_create, read_workitem
+from tests.ups_simulator import PROFILES, UpsSimulator, new_uid
 
 SEED = {
     "PatientID": "SDJ38WMD1MS01", "PatientName": "MARIO^ROSSI", "ScheduledStationAETitle": "NGV",
     "ScheduledProcedureStepStartDate": "20000101", "ScheduledProcedureStepStartTime": "120000",
     "ScheduledProcedureStepDescription": "Tac", "Modality": "CT", "AccessionNumber": "NDS83JF784N209D2",
+}
+EVERY_FIELD = {
+    **SEED, "StudyInstanceUID": "1.2.3.4.5",
+    "ScheduledPerformingPhysiciansName": "VERDI^ANNA", "ScheduledProcedureStepID": "SPS1",
+    "RequestedProcedureDescription": "CT head", "RequestedProcedureID": "RP1",
+    "RequestingPhysician": "BIANCHI^LUCA", "ReferringPhysicianName": "NERI^PAOLO", "AdmissionID": "ADM1",
+    "CurrentPatientLocation": "Ward 3", "PatientBirthDate": "19800229", "PatientSex": "F",
+    "ConfidentialityConstraintOnPatientDataDescription": "none", "PatientState": "stable", "PregnancyStatus": 4,
+    "MedicalAlerts": "none known", "PlacerOrderNumberImagingServiceRequest": "PO1", "ServiceEpisodeID": "EP1",
+    "ScheduledStationName": "CT room 1",
 }
 
 
@@ -30,28 +42,50 @@ async def create(profile: str, body: dict[str, object], uid: str) -> httpx.Respo
         return await client.get(f"{simulator.base_path}/{uid}")
 
 
-@pytest.mark.parametrize("profile", ["standard", "dcm4chee", "azure"])
-async def test_the_seed_workitem_is_accepted_with_its_values_in_their_ups_places(profile: str) -> None:
-    values = parse_workitem({**SEED, "PatientBirthDate": "19800101"})
+def simple(read: dict[str, list[Any]]) -> dict[str, Any]:
+    """Read-back values as a client would have posted them."""
+    out: dict[str, Any] = {}
+    for name, found in read.items():
+        if found:
+            value = found[0]
+            out[name] = value["Alphabetic"] if isinstance(value, dict) else value
+    return out
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_the_seed_is_accepted_by_every_dialect_without_a_birth_date(profile: str) -> None:
+    values = parse_workitem(SEED)
     study, uid = new_uid(), new_uid()
     answer = await create(profile, build_create(values, dialect=profile, study_uid=study), uid)
     assert answer.status_code == 200, answer.text
     [stored] = answer.json()
-    assert stored["00100020"]["Value"] == ["SDJ38WMD1MS01"]
-    assert stored["00100010"]["Value"] == [{"Alphabetic": "MARIO^ROSSI"}]
     assert stored["00404005"]["Value"] == ["20000101120000"]
-    assert stored["00741204"]["Value"] == ["Tac"]
-    assert stored["00741000"]["Value"] == ["SCHEDULED"]
-    assert stored["0020000D"]["Value"] == [study]
-    [request] = stored["0040A370"]["Value"]
-    assert request["00080050"]["Value"] == ["NDS83JF784N209D2"]
-    assert request["0020000D"]["Value"] == [study]
-    assert stored["00404025"]["Value"][0]["00080100"]["Value"] == ["NGV"]
-    assert stored["00404026"]["Value"][0]["00080100"]["Value"] == ["CT"]
-    assert "Value" not in stored.get("00081195", {})
+    assert stored["0040A370"]["Value"][0]["0020000D"]["Value"] == [study]
+    assert simple(read_workitem(stored)) == {**SEED, "StudyInstanceUID": study}
 
 
-def test_azure_needs_a_birth_date() -> None:
-    with pytest.raises(MissingForDialect) as missing:
-        build_create(parse_workitem(SEED), dialect="azure", study_uid=new_uid())
-    assert missing.value.fields == ["PatientBirthDate"]
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_every_field_reads_back_as_it_was_posted(profile: str) -> None:
+    values = parse_workitem(EVERY_FIELD)
+    uid = new_uid()
+    answer = await create(profile, build_create(values, dialect=profile, study_uid="1.2.3.4.5"), uid)
+    assert answer.status_code == 200, answer.text
+    [stored] = answer.json()
+    assert simple(read_workitem(stored)) == EVERY_FIELD
+    assert {field.name for field in FIELDS} == set(EVERY_FIELD)
+
+
+def test_azure_gets_unknown_type_2_attributes_empty_and_nothing_made_up() -> None:
+    dataset = build_create(parse_workitem(SEED), dialect="azure", study_uid="1.2.3")
+    for tag, vr in (("00100030", "DA"), ("00100040", "CS"), ("00380010", "LO"), ("00081080", "LO")):
+        assert dataset[tag] == {"vr": vr}  # PatientBirthDate, PatientSex, AdmissionID, AdmittingDiagnosesDescription
+    assert "0040E020" not in dataset  # no Type of Instances and no invented Referenced SOP Sequence
+    assert "00081199" not in dataset
+    assert dataset["00404018"] == {"vr": "SQ"}  # no step ID given: no Scheduled Workitem Code made up
+
+
+def test_without_a_station_name_or_step_id_neither_reads_back() -> None:
+    read = read_workitem(build_create(parse_workitem(SEED), dialect="standard", study_uid="1.2.3"))
+    assert read["ScheduledStationAETitle"] == ["NGV"]
+    assert read["ScheduledStationName"] == []  # the Code Meaning holds the AE title only because it must
+    assert read["ScheduledProcedureStepID"] == []
