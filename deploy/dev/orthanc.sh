@@ -141,6 +141,31 @@ wait_exit() {
     return 0
 }
 
+# Orthanc's SQLite index has no statistics (Orthanc never runs ANALYZE), and without them SQLite answers a lookup
+# by UID (/tools/lookup, QIDO-RS by StudyInstanceUID, ...) by scanning every identifier of the level: measured
+# 1.8 ms on an empty index, 16-25 ms at 14k instances, growing with the archive. Statistics that say what is true
+# of any archive (a UID value names about one resource; a tag names many) make it use the index on values
+# (1.2-2 ms at 14k instances). Written once, while Orthanc is stopped (it holds its index locked while it runs).
+# Real deployments: run ANALYZE on an index that holds data, or use a database plugin.
+plan_uid_lookups() {
+    local index="$1/data/index"
+    [[ -f "$index" ]] || return 0
+    python3 - "$index" <<'PY' || log "could not write the index statistics (lookups by UID will scan)"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone() is None:
+    db.execute("ANALYZE sqlite_master")  # creates sqlite_stat1
+if db.execute("SELECT 1 FROM sqlite_stat1 WHERE idx = 'DicomIdentifiersIndexValues'").fetchone() is None:
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany("INSERT INTO sqlite_stat1 VALUES ('DicomIdentifiers', ?, ?)", [
+        ("DicomIdentifiersIndexValues", "1000000 2"),
+        ("DicomIdentifiersIndex2", "1000000 125000 125000"),
+        ("DicomIdentifiersIndex1", "1000000 8"),
+    ])
+    db.execute("COMMIT")
+PY
+}
+
 # One launch: 0 = ready, 1 = process died before being ready, 2 = timed out.
 launch_once() {
     local run_dir="$1" http_port="$2" creds="$3"
@@ -205,6 +230,17 @@ cmd_start() {
 
     local attempt rc t0
     t0=$(now_ms)
+    if [[ ! -f "$run_dir/data/index" ]]; then
+        # A new index: Orthanc creates it and keeps it locked while it runs, so it is started once, killed (the
+        # empty index is committed: nothing to lose), given its statistics, and started for good below.
+        if launch_once "$run_dir" "$http_port" "$creds"; then
+            pid="$(read_pid "$run_dir")"
+            kill -KILL "$pid" 2>/dev/null || true
+            { wait "$pid"; } 2>/dev/null || true
+            rm -f "$run_dir/orthanc.pid"
+        fi
+    fi
+    plan_uid_lookups "$run_dir"
     for (( attempt = 0; attempt <= START_RETRIES; attempt++ )); do
         if (( attempt > 0 )); then
             sleep 1
