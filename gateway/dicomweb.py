@@ -24,11 +24,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.accept import MediaType, acceptable
 from gateway.auth import Authenticator, Caller, Role, guarded
 from gateway.dicom import is_valid_uid
 from gateway.dicomjson import DicomJson
 from gateway.dicomweb_query import parse_qido, rendering_params, uid_list
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, UnsupportedMediaType, UpstreamFailed
+from gateway.errors import (
+    Conflict,
+    Forbidden,
+    NotAcceptable,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+    UpstreamFailed,
+)
 from gateway.exams import PRIVATE, Exams, UpstreamRelay
 from gateway.multipart import MultipartError, PartReader, boundary_of
 from gateway.ownership import Resource
@@ -172,12 +181,15 @@ class DicomWeb:
                          *(["series", target.series] if target.series else []),
                          *(["instances", target.instance] if target.instance else []), *target.rest])
         kind = target.rest[0] if target.rest else "retrieve"
+        if kind == "frames" and target.rest[-1:] == ["rendered"]:
+            kind = "rendered"
+        _negotiate(request, _instance_offers(kind) if target.instance else OFFERS[kind])
         if kind == "metadata":
             return await self._metadata(path, self._base_for(request), access)
         if kind in ("rendered", "thumbnail", "frames", "bulk"):
             # These carry no PatientID to check, so the resource must be the caller's alone under its UID.
             await self._check_alone(access, Resource(target.study, target.series, target.instance))
-        if kind == "rendered" or target.rest[-1:] == ["rendered"] or kind == "thumbnail":
+        if kind in ("rendered", "thumbnail"):
             accept = PNG if PNG in request.headers.get("accept", "") and JPEG not in request.headers.get("accept", "") \
                 else JPEG
             return await self._relay("GET", path.replace("/thumbnail", "/rendered"), "dicomweb_rendered", accept,
@@ -235,6 +247,7 @@ class DicomWeb:
             raise NotFound("no such resource", {"uid": resource.uid})
 
     async def _search(self, request: Request, access: Access, target: Target) -> Response:
+        _negotiate(request, OFFERS["metadata"])
         query = parse_qido(request.query_params)
         if target.study is not None:
             await self._check_study(access, target.study, target.series)
@@ -393,8 +406,33 @@ async def _expect(upstream: UpstreamStream, path: str) -> None:
     if status in (400, 404):
         raise NotFound("no such resource", {"path": f"/dicomweb/{path}"})
     if status == 406:
-        raise BadRequest("the PACS cannot produce this representation", {"path": f"/dicomweb/{path}"})
+        raise NotAcceptable("the PACS cannot produce this representation", {"path": f"/dicomweb/{path}"})
     raise UpstreamFailed("the PACS failed", {"upstream_status": status})
+
+
+_FRAME_TYPES = ("application/octet-stream", "image/jls", "image/jp2")  # what Orthanc 1.10 serves frames as
+# What each kind of resource can be sent as (PS3.18 §8.7.3, as far as the gateway and Orthanc deliver it).
+_DICOM_PARTS = MediaType("multipart", "related", "application/dicom")
+OFFERS: dict[str, tuple[MediaType, ...]] = {
+    "metadata": (MediaType("application", "dicom+json"), MediaType("application", "json")),
+    "retrieve": (_DICOM_PARTS,),
+    "rendered": (MediaType("image", "jpeg"), MediaType("image", "png")),
+    "thumbnail": (MediaType("image", "jpeg"), MediaType("image", "png")),
+    "frames": tuple(MediaType("multipart", "related", part) for part in _FRAME_TYPES),
+    "bulk": (MediaType("multipart", "related", "application/octet-stream"),),
+}
+
+
+def _instance_offers(kind: str) -> tuple[MediaType, ...]:
+    """An instance is also sent as one `application/dicom` body (unwrapped from the PACS's multipart)."""
+    return (*OFFERS[kind], MediaType("application", "dicom")) if kind == "retrieve" else OFFERS[kind]
+
+
+def _negotiate(request: Request, offered: tuple[MediaType, ...]) -> None:
+    accept = request.headers.get("accept")
+    if not acceptable(accept, offered):
+        raise NotAcceptable("no representation of this resource satisfies the Accept header",
+                            {"accept": (accept or "")[:256], "available": [str(media) for media in offered]})
 
 
 def _wants_single_part(request: Request) -> bool:
@@ -402,7 +440,6 @@ def _wants_single_part(request: Request) -> bool:
     return "application/dicom" in accept and "multipart/related" not in accept
 
 
-_FRAME_TYPES = ("application/octet-stream", "image/jls", "image/jp2")  # what Orthanc 1.10 serves frames as
 
 
 def _multipart_accept(request: Request, default: str) -> str:

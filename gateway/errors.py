@@ -9,6 +9,7 @@ Hierarchy (status code, error code)::
     │   ├── Forbidden                    403 forbidden
     │   ├── NotFound                     404 not_found
     │   ├── MethodNotAllowed             405 method_not_allowed (+ Allow)
+    │   ├── NotAcceptable                406 not_acceptable (no representation satisfies Accept)
     │   ├── Conflict                     409 conflict
     │   ├── PayloadTooLarge              413 payload_too_large
     │   ├── UnsupportedMediaType         415 unsupported_media_type
@@ -83,6 +84,11 @@ class NotFound(ClientError):
 class MethodNotAllowed(ClientError):
     status_code = 405
     code = "method_not_allowed"
+
+
+class NotAcceptable(ClientError):
+    status_code = 406
+    code = "not_acceptable"
 
 
 class Conflict(ClientError):

@@ -5,6 +5,9 @@ sent upstream cannot widen a match (`qido`); and every upstream answer is filter
 it leaves. A study, series or instance that is not the patient's answers 404 exactly like one that does not exist.
 A downloaded file's own PatientID is checked from its first bytes before any byte is sent (a UID shared by two
 patients' data in the PACS then still cannot hand one patient the other's file).
+
+The instance route takes `PatientId` as optional (the contract lists only `fileType` there): a patient token that
+names none is scoped to its own patient, and a clinician that names none gets the instance, whoever it belongs to.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.auth import Authenticator, Caller, Handler, guarded
+from gateway.auth import Authenticator, Caller, Handler, Role, guarded
 from gateway.dicomjson import (
     ACCESSION_NUMBER,
     COLUMNS,
@@ -30,7 +33,7 @@ from gateway.dicomjson import (
     STUDY_UID,
     DicomJson,
 )
-from gateway.errors import BadRequest, NotFound, UpstreamFailed
+from gateway.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
 from gateway.links import ExamLinks
 from gateway.multipart import MultipartError, SinglePartReader, boundary_of
 from gateway.ownership import Ownership, Resource
@@ -42,7 +45,7 @@ from gateway.qido import (
     SearchQuery,
     bad_parameter,
     is_small_integer,
-    parse_patient_id,
+    optional_patient_id,
     parse_search,
     single,
     validate_path_uid,
@@ -151,16 +154,19 @@ class Exams:
         sop = validate_path_uid("instance", request.path_params["instance"])
         params = request.query_params
         _only(params, {*PATIENT_ID_SPELLINGS, "fileType", "size"})
-        patient_id = parse_patient_id(params)
+        patient_id = _instance_patient(caller, optional_patient_id(params, "PatientId"))
         file_type = single(params, "fileType")
         if file_type is None:
             raise BadRequest("fileType is required", {"parameter": "fileType", "allowed": list(FILE_TYPES)})
         if file_type not in FILE_TYPES:
             raise bad_parameter("fileType", f"one of {', '.join(FILE_TYPES)}")
         size = _thumbnail_size(params)
-        require_patient_access(caller, patient_id)
 
         path = f"studies/{study}/series/{series}/instances/{sop}"
+        if patient_id is None:  # a clinician who named no patient: the instance, whoever it belongs to
+            if file_type == "image/jpeg":
+                return await self._thumbnail(path, size, await self._locate_any_instance(study, series, sop))
+            return await self._file(path, sop, None)
         if file_type == "image/jpeg":
             instance = await self._locate_instance(study, series, sop, patient_id)
             # A rendered image carries no PatientID to check, so the UID must be this patient's alone: a copy of
@@ -190,7 +196,16 @@ class Exams:
             raise NotFound("no such instance for this patient", {"instance": sop})
         return located[0]
 
-    async def _file(self, path: str, sop: str, patient_id: str) -> Response:
+    async def _locate_any_instance(self, study: str, series: str, sop: str) -> DicomJson:
+        found = await self.qido(f"studies/{study}/series/{series}/instances",
+                                [("SOPInstanceUID", sop), ("includefield", ROWS), ("includefield", COLUMNS),
+                                 ("limit", "2")])
+        located = [ds for ds in found if ds.string(SOP_INSTANCE_UID) == sop]
+        if not located:
+            raise NotFound("no such instance", {"instance": sop})
+        return located[0]
+
+    async def _file(self, path: str, sop: str, patient_id: str | None) -> Response:
         response = await self._upstream.open_stream(
             "GET", path, operation="wado_instance", headers={"Accept": MULTIPART_DICOM_AS_STORED}
         )
@@ -199,7 +214,7 @@ class Exams:
             reader = SinglePartReader(response.iter_raw(), boundary_of(response.headers.get("content-type", "")))
             await reader.open()
             body = reader.body()
-            prefix = await _read_until_patient_known(body, patient_id, sop)
+            prefix = [] if patient_id is None else await _read_until_patient_known(body, patient_id, sop)
         except MultipartError as exc:
             await response.aclose()
             raise UpstreamFailed("the PACS answered with a malformed multipart body", {"reason": str(exc)}) from None
@@ -231,6 +246,18 @@ class Exams:
         if "content-length" in response.headers:
             headers["Content-Length"] = response.headers["content-length"]
         return UpstreamRelay([], response.iter_raw(), response, media_type=JPEG, headers=headers)
+
+
+def _instance_patient(caller: Caller, named: str | None) -> str | None:
+    """Whose instance `GET .../instance/{uid}` may return: the patient named, or for a patient token that names
+    none, its own patient (the contract lists only `fileType` here); None for a clinician who names none."""
+    if named is None and Role.CLINICIAN not in caller.roles:
+        named = caller.patient_id
+        if named is None:
+            raise Forbidden("this token names no patient", {"parameter": "PatientId"})
+    if named is not None:
+        require_patient_access(caller, named)
+    return named
 
 
 def _expect_found(response: UpstreamStream, path: str, media_type: str | None = None) -> None:
