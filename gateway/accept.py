@@ -4,16 +4,22 @@ PS3.18 §8.7.3 lists the media types each resource can be returned in; an `Accep
 gateway can deliver is 406 (§8.7.5) before anything goes upstream. RFC 9110 §12.5.1 rules: `*/*` and `type/*`
 ranges, parameters on a range narrow it (`multipart/related; type="application/dicom"`), `q=0` excludes.
 Parameters other than `type` (`transfer-syntax`, `charset`) are left to the PACS to honour or refuse.
+
+The header is read with string operations in one pass (no regular expression that could backtrack on a crafted
+value), and one longer than `MAX_ACCEPT_BYTES` is refused before it is read at all.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-_RANGE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)/([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*((?:;[^;,"]*(?:"[^"]*")?)*)')
-_PARAM = re.compile(r'\s*;\s*([^=;\s]+)\s*=\s*("[^"]*"|[^;\s]*)')
+MAX_ACCEPT_BYTES = 2048  # a viewer's Accept is well under 200 bytes; browsers send about 150
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class AcceptTooLong(ValueError):
+    """The header is longer than `MAX_ACCEPT_BYTES`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +30,73 @@ class MediaType:
     subtype: str
     part_type: str | None = None  # the `type` parameter of multipart/related
 
-    @classmethod
-    def parse(cls, text: str) -> MediaType:
-        match = _RANGE.fullmatch(text)
-        if match is None:
-            raise ValueError(f"not a media type: {text!r}")
-        params = _params(match.group(3))
-        return cls(match.group(1).lower(), match.group(2).lower(), params.get("type"))
-
     def __str__(self) -> str:
         base = f"{self.type}/{self.subtype}"
         return f'{base}; type="{self.part_type}"' if self.part_type else base
 
 
-def _params(text: str) -> dict[str, str]:
-    return {name.lower(): value.strip('"').lower() for name, value in _PARAM.findall(text)}
+@dataclass(frozen=True, slots=True)
+class MediaRange:
+    """One range of an Accept header, lower-cased, with its parameters."""
+
+    type: str
+    subtype: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> float:
+        try:
+            quality = float(self.params.get("q", "1"))
+        except ValueError:
+            return 0.0
+        return quality if 0.0 <= quality <= 1.0 else 0.0  # also NaN
+
+    def admits(self, media: MediaType) -> bool:
+        if not _matches(f"{self.type}/{self.subtype}", f"{media.type}/{media.subtype}"):
+            return False
+        part = self.params.get("type")
+        return part is None or media.part_type is None or _matches(part, media.part_type)
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """`text` cut at `separator` outside double quotes."""
+    items: list[str] = []
+    start, quoted = 0, False
+    for index, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            items.append(text[start:index])
+            start = index + 1
+    items.append(text[start:])
+    return items
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(char in _TOKEN for char in text)
+
+
+def parse_range(text: str) -> MediaRange | None:
+    """One range (`type/subtype *(; name=value)`), or None when it is malformed."""
+    media, *parameters = _split(text, ";")
+    kind, slash, sub = media.strip().lower().partition("/")
+    if not slash or not _is_token(kind) or not _is_token(sub):
+        return None
+    params: dict[str, str] = {}
+    for parameter in parameters:
+        name, equals, value = parameter.partition("=")
+        name = name.strip().lower()
+        if not equals or not _is_token(name):
+            return None
+        params[name] = value.strip().strip('"').lower()
+    return MediaRange(kind, sub, params)
+
+
+def ranges(accept: str) -> list[MediaRange]:
+    """The header's well-formed ranges, in order (a malformed one is skipped: it admits nothing)."""
+    if len(accept) > MAX_ACCEPT_BYTES:
+        raise AcceptTooLong(f"the Accept header is longer than {MAX_ACCEPT_BYTES} characters")
+    return [parsed for item in _split(accept, ",") if item.strip() and (parsed := parse_range(item)) is not None]
 
 
 def _matches(pattern: str, value: str) -> bool:
@@ -53,43 +111,4 @@ def acceptable(accept: str | None, offered: Iterable[MediaType]) -> bool:
     if accept is None or not accept.strip():
         return True
     offered = list(offered)
-    for item in _split(accept):
-        match = _RANGE.fullmatch(item)
-        if match is None:
-            continue  # a malformed range admits nothing; the others still count
-        params = _params(match.group(3))
-        if _quality(params.get("q", "1")) <= 0:
-            continue
-        pattern = f"{match.group(1).lower()}/{match.group(2).lower()}"
-        part = params.get("type")
-        for media in offered:
-            if not _matches(pattern, f"{media.type}/{media.subtype}"):
-                continue
-            if part is None or media.part_type is None or _matches(part, media.part_type):
-                return True
-    return False
-
-
-def _split(accept: str) -> list[str]:
-    """The header's comma-separated ranges (a comma inside a quoted parameter value does not split)."""
-    items: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in accept:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return [item for item in items if item.strip()]
-
-
-def _quality(value: str) -> float:
-    try:
-        quality = float(value)
-    except ValueError:
-        return 0.0
-    return quality if 0.0 <= quality <= 1.0 else 0.0
+    return any(item.quality > 0 and item.admits(media) for item in ranges(accept) for media in offered)

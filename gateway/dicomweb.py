@@ -24,12 +24,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.accept import MediaType, acceptable
+from gateway.accept import MAX_ACCEPT_BYTES, AcceptTooLong, MediaType, acceptable, ranges
 from gateway.auth import Authenticator, Caller, Role, guarded
 from gateway.dicom import is_valid_uid
 from gateway.dicomjson import DicomJson
 from gateway.dicomweb_query import parse_qido, rendering_params, uid_list
 from gateway.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     NotAcceptable,
@@ -430,7 +431,11 @@ def _instance_offers(kind: str) -> tuple[MediaType, ...]:
 
 def _negotiate(request: Request, offered: tuple[MediaType, ...]) -> None:
     accept = request.headers.get("accept")
-    if not acceptable(accept, offered):
+    try:
+        satisfied = acceptable(accept, offered)
+    except AcceptTooLong as exc:
+        raise BadRequest(str(exc), {"header": "Accept", "max_length": MAX_ACCEPT_BYTES}) from None
+    if not satisfied:
         raise NotAcceptable("no representation of this resource satisfies the Accept header",
                             {"accept": (accept or "")[:256], "available": [str(media) for media in offered]})
 
@@ -446,8 +451,9 @@ def _multipart_accept(request: Request, default: str) -> str:
     """The client's Accept when it is one multipart/related value of a type the PACS serves; the default otherwise
     (for `type="*/*"`, lists, or none)."""
     accept = request.headers.get("accept", "")
-    match = re.fullmatch(r'\s*multipart/related\s*;\s*type="?([^";,]+)"?[^,]*', accept, re.IGNORECASE)
-    if match is not None and match.group(1).strip().lower() in _FRAME_TYPES:
+    asked = ranges(accept)  # already bounded by _negotiate
+    if len(asked) == 1 and (asked[0].type, asked[0].subtype) == ("multipart", "related") \
+            and asked[0].params.get("type") in _FRAME_TYPES:
         return accept.strip()
     return default
 

@@ -181,28 +181,36 @@ class ExamUploads:
                 if study is not None and item.header.study_uid != study:
                     raise Forbidden(f"{item.filename} belongs to another study than the one this token opens",
                                     {"file": item.filename, "StudyInstanceUID": item.header.study_uid})
-            # The duplicate lookup (round trips to the PACS, the first sent while the other headers were read) runs
-            # while the files' structure is checked (CPU); nothing is stored before both are done.
-            ask_pacs = Role.CLINICIAN not in caller.roles
-            shared = asyncio.create_task(self._refuse_shared_uids(uploads, ask_pacs=ask_pacs))
+            # The lookups (round trips to the PACS, the first sent while the other headers were read) run while the
+            # files' structure is checked (CPU); nothing is stored before the duplicates are known.
+            _refuse_mixed(uploads)
+            taken = asyncio.create_task(self._taken_uids(uploads))
             lookup = asyncio.create_task(self._split_duplicates(uploads, caller, series))
+            # A clinician's upload on Orthanc does not wait for the shared-UID lookups: when they answer only after
+            # the store has begun, a refusal removes the stored instances again (by their exact ids), the same
+            # outcome as refusing first, without the lookups' latency on every upload.
+            optimistic = Role.CLINICIAN in caller.roles and self._upstream.profile.deletes_instances_natively
             await asyncio.sleep(0)  # let the lookups send their requests before the CPU work below
             try:
                 await self._check_structures(uploads)
-                await shared
-            except BaseException:
-                for task in (shared, lookup):
+                if not optimistic:
+                    _refuse_taken(await taken)
+                fresh, duplicates = await lookup
+                if not fresh:
+                    raise Conflict(
+                        "every instance is already stored",
+                        {"failures": [_failure_detail(item) for item in duplicates],
+                         "response": [_stow_failures(duplicates).raw]},
+                    )
+                if taken.done():
+                    _refuse_taken(taken.result())
+                dataset = await self._store(fresh)
+                if optimistic:
+                    await self._refuse_taken_after_store(await taken, fresh)
+            finally:
+                for task in (taken, lookup):
                     task.cancel()
-                await asyncio.gather(shared, lookup, return_exceptions=True)
-                raise
-            fresh, duplicates = await lookup
-            if not fresh:
-                raise Conflict(
-                    "every instance is already stored",
-                    {"failures": [_failure_detail(item) for item in duplicates],
-                     "response": [_stow_failures(duplicates).raw]},
-                )
-            dataset = await self._store(fresh)
+                await asyncio.gather(taken, lookup, return_exceptions=True)
             if Role.CLINICIAN not in caller.roles:
                 # Defence in depth: filed under exactly the checked PatientID, and no UID it took raced another
                 # patient's upload into the same new UIDs.
@@ -216,31 +224,24 @@ class ExamUploads:
         note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
         return dataset, fresh, duplicates
 
-    async def _refuse_shared_uids(self, uploads: list[Upload], *, ask_pacs: bool) -> None:
-        """409 when the upload would file two patients' data under one study or series UID (`gateway.ownership`):
-        two patients within the upload, or (`ask_pacs`, a patient's upload) a UID under which the PACS already holds
-        another patient's data. The answer does not say whose.
-
-        A clinician's upload is not looked up in the PACS: the two index lookups per upload cost a fifth of STOW
-        throughput on Orthanc (bench/results.md), and a clinician filing a file under an existing UID cannot widen
-        anyone's reach, since every answer is filtered on what the PACS holds (docs/threat-model.md)."""
-        owners: dict[Resource, set[str]] = {}
-        for item in uploads:
-            header = item.header
-            for resource in (Resource(header.study_uid), Resource(header.study_uid, header.series_uid)):
-                owners.setdefault(resource, set()).add(header.patient_id)
-        mixed = sorted(r.uid for r, patients in owners.items() if len(patients) > 1)
-        if mixed:
-            raise Conflict("the upload holds files of more than one patient under one study or series UID",
-                           {"reason": "uid_shared_within_upload", "uids": mixed})
-        if not ask_pacs:
-            return
-        by_patient: dict[str, list[Resource]] = {}
-        for resource, patients in owners.items():
-            by_patient.setdefault(next(iter(patients)), []).append(resource)
+    async def _taken_uids(self, uploads: list[Upload]) -> set[str]:
+        """The upload's study and series UIDs under which the PACS already holds another patient's data
+        (`gateway.ownership`); an upload holding them is 409 `uid_in_use`, without saying whose."""
+        by_patient: dict[str, set[Resource]] = {}
+        for header in (item.header for item in uploads):
+            by_patient.setdefault(header.patient_id, set()).update(
+                (Resource(header.study_uid), Resource(header.study_uid, header.series_uid)))
         answers = await asyncio.gather(*(self._ownership.held_by_others(patient, resources)
                                          for patient, resources in by_patient.items()))
-        _refuse_taken(set().union(*answers))
+        return set().union(*answers)
+
+    async def _refuse_taken_after_store(self, taken: set[str], stored: list[Upload]) -> None:
+        if not taken:
+            return
+        removed = await self._remove(stored)
+        log.warning("security_shared_uid_upload", message="an upload named UIDs that hold another patient's data; "
+                    "its stored instances were removed", instances=len(stored), removed=removed)
+        _refuse_taken(taken)
 
     async def _recheck_after_store(self, stored: list[Upload]) -> None:
         """After a patient's upload: the checks before the store cannot see another upload racing into the same new
@@ -414,6 +415,18 @@ class ExamUploads:
             dataset.set_string(RETRIEVE_URL, "UR", self._links.study(study_uid, patient_id))
         else:
             dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
+
+
+def _refuse_mixed(uploads: list[Upload]) -> None:
+    """409 when the upload itself files two patients' data under one study or series UID."""
+    owners: dict[str, set[str]] = {}
+    for header in (item.header for item in uploads):
+        for uid in (header.study_uid, header.series_uid):
+            owners.setdefault(uid, set()).add(header.patient_id)
+    mixed = sorted(uid for uid, patients in owners.items() if len(patients) > 1)
+    if mixed:
+        raise Conflict("the upload holds files of more than one patient under one study or series UID",
+                       {"reason": "uid_shared_within_upload", "uids": mixed})
 
 
 def _refuse_taken(uids: set[str]) -> None:

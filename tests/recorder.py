@@ -5,6 +5,7 @@ Tests use it to assert what the upstream was (and was not) asked, with the real 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -42,6 +43,7 @@ class Seen:
 class RecordingProxy:
     target: str  # e.g. http://127.0.0.1:8042
     seen: list[Seen] = field(default_factory=list)
+    delays: dict[str, float] = field(default_factory=dict)  # path -> seconds to hold its answer back
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
@@ -55,6 +57,8 @@ class RecordingProxy:
             url = url.copy_with(query=query.encode("latin-1"))
         async with httpx.AsyncClient(timeout=60) as client:
             response = await client.request(scope["method"], url, headers=headers, content=body)
+        if path in self.delays:
+            await asyncio.sleep(self.delays[path])
         out = [(k.encode(), v.encode()) for k, v in response.headers.items() if k.encode() not in _HOP_BY_HOP]
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": [*out, (b"content-length", str(len(response.content)).encode())]})

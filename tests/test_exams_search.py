@@ -207,7 +207,7 @@ async def test_a_study_uid_shared_with_another_patient_shows_only_the_callers_se
     exams: Exams, population: Population, orthanc_url: str
 ) -> None:
     """Another patient's data filed under Alice's StudyInstanceUID (possible in a PACS, from data stored around the
-    gateway, which refuses such uploads from patients): Alice never sees it."""
+    gateway, which refuses such uploads): Alice never sees it."""
     intruder = generated(f"{population.prefix}-EVE", study_uid=population.alice_ct.study_uid)
     error(await exams.upload(intruder, headers=patient(intruder.patient_id)), 409, "conflict")
     stow_direct(orthanc_url, [intruder.data])

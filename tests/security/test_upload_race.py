@@ -13,7 +13,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.dicom_factory import Instance, generated, new_uid
-from tests.exams_support import error, gateway, new_patient_id, patient
+from tests.exams_support import clinician, error, gateway, new_patient_id, patient
 from tests.orthanc import Orthanc
 from tests.recorder import RecordingProxy
 from tests.servers import serve
@@ -61,3 +61,24 @@ async def test_an_upload_that_raced_another_patients_into_its_uids_is_removed_an
     assert held(orthanc, mine.sop_uid) == ([rival_id] if shared == "instance" else [])  # mine is gone
     assert held(orthanc, rival.sop_uid) == [rival_id]  # the rival's is untouched
     assert any(seen.method == "DELETE" for seen in pacs.proxy.seen)
+
+
+async def test_a_clinicians_upload_whose_uid_lookups_answer_after_the_store_is_removed_again(
+    recorder: tuple[RecordingProxy, str], orthanc: Orthanc
+) -> None:
+    """A clinician's upload does not wait for the shared-UID lookups (gateway.uploads: their latency on every
+    upload); when they answer only after the store, and name another patient's study, the stored instances are
+    removed again by their exact ids and the answer is 409, as if refused first."""
+    proxy, url = recorder
+    proxy.delays["/tools/lookup"] = 1.0  # every UID lookup answers after the store has long begun
+    victim, study = new_patient_id("VICTIM"), new_uid()
+    stow_direct(orthanc.dicomweb_url, [generated(victim, study_uid=study).data])
+    intrusion = generated(new_patient_id("OTHER"), study_uid=study)
+    async with gateway(url) as client:
+        files = [("file", ("x.dcm", intrusion.data, "application/dicom"))]
+        body = error(await client.post("/exams", files=files, headers=clinician()), 409, "conflict")
+    assert body["details"] == {"reason": "uid_in_use", "uids": [study]}
+    methods = [(seen.method, seen.path) for seen in proxy.seen]
+    assert ("POST", "/dicom-web/studies") in methods  # it was stored
+    assert any(method == "DELETE" for method, _ in methods)  # and removed again
+    assert held(orthanc, intrusion.sop_uid) == []
