@@ -27,7 +27,7 @@ from pydicom.datadict import dictionary_description
 
 from gateway import vr
 from gateway.errors import BadRequest
-from gateway.qido import MATCHING_CHARACTERS
+from gateway.identifiers import PATIENT_ID_MAX, IdentifierError, exact_identifier
 
 # UPS sequences whose single item gathers several fields.
 REFERENCED_REQUEST = "0040A370"  # Referenced Request Sequence
@@ -111,11 +111,13 @@ def _pregnancy(value: Any) -> int:
 
 
 def _patient_id(value: str) -> str:
-    """LO, and matchable exactly later: a workitem is found again by its PatientID."""
-    value = vr.lo(value)
-    if MATCHING_CHARACTERS.intersection(value):
-        raise vr.VrError("no wildcards (* ?) or lists (,): the workitem must be found again by this exact ID")
-    return value
+    """LO, by the rule of every PatientID the gateway matches (`identifiers.exact_identifier`, the searches'
+    `qido.validate_patient_id`): a workitem is found again, and its study's patient told, by this exact ID. One
+    trailing pad space is dropped; other padding, wildcards, lists, controls and spaces other than U+0020 are 400."""
+    try:
+        return exact_identifier(value, PATIENT_ID_MAX)
+    except IdentifierError as exc:
+        raise vr.VrError(str(exc)) from None
 
 
 def _sex(value: str) -> str:

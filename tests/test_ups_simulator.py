@@ -885,3 +885,24 @@ async def test_every_request_is_recorded(profile: str) -> None:
         ("GET", sim.base_path, "PatientID=X&limit=5"),
         ("POST", f"{sim.base_path}/1.2.3/cancelrequest", "requester=GW"),
     ]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_the_archive_behind_the_same_root_answers_study_searches(profile: str) -> None:
+    sim = UpsSimulator(profile)
+    sim.studies.update({"1.2.840.7.1": "PAT-A", "1.2.840.7.2": "PAT-B"})
+    async with client_for(sim) as client:
+        assert sim.studies_path == sim.base_path.removesuffix("/workitems") + "/studies"
+        found = await client.get(sim.studies_path, params={"0020000D": "1.2.840.7.2,1.2.840.7.9",
+                                                           "includefield": "00100020", "limit": "20"})
+        assert found.status_code == 200
+        assert found.headers["content-type"] == DICOM_JSON
+        assert found.json() == [{STUDY_INSTANCE_UID: {"vr": "UI", "Value": ["1.2.840.7.2"]},
+                                 PATIENT_ID: {"vr": "LO", "Value": ["PAT-B"]}}]
+        both = await client.get(sim.studies_path, params={"StudyInstanceUID": "1.2.840.7.1,1.2.840.7.2"})
+        assert len(both.json()) == 2
+        assert (await client.get(sim.studies_path, params={"StudyInstanceUID": "1.2.840.7.1",
+                                                           "PatientID": "PAT-B"})).status_code == 204
+        assert (await client.get(sim.studies_path, params={"StudyInstanceUID": "1.2.840.7.9"})).status_code == 204
+        assert (await client.get(sim.studies_path, params={"Modality": "CT"})).status_code == 400
+        assert (await client.post(sim.studies_path)).status_code == 404  # only the search is simulated

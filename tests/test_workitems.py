@@ -289,6 +289,13 @@ async def test_common_date_and_time_spellings_are_stored_as_da_and_tm(profile: s
     ("ScheduledStationAETitle", "A" * 65, "AE"),
     ("PatientName", "A^B^C^D^E^F", "PN"),
     ("PatientID", "PAT*", "LO"),
+    # The exact-identifier rule of the searches (gateway.identifiers): no padding but one trailing space, and no
+    # space other than U+0020 nor invisible characters, which another reader would drop or keep.
+    ("PatientID", " PAT", "LO"),
+    ("PatientID", "PAT  ", "LO"),
+    ("PatientID", "PAT\u00a0", "LO"),
+    ("PatientID", "\u3000PAT", "LO"),
+    ("PatientID", "P\u200bAT", "LO"),
     ("Modality", "x" * (1024 * 1024), "CS"),
     ("AccessionNumber", 12345, "string"),
     ("PregnancyStatus", 7, "US"),

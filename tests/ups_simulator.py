@@ -30,6 +30,11 @@ client is tested against this. Profiles:
 
 Every stored workitem keeps its TransactionUID (0008,1195) in ``UpsSimulator.workitems``; no answer ever contains it.
 Update Workitem (``POST {base}/{uid}``) is not simulated (501).
+
+The image archive behind the same root (the gateway's one ``PACS_SERVICE_URL`` serves QIDO-RS and UPS-RS) is
+simulated only as far as the worklist asks it: a study-level QIDO-RS search (``GET {root}/studies``, PS3.18 §10.6)
+by StudyInstanceUID (a UID list matches any of them) and PatientID, answering each study of ``UpsSimulator.studies``
+(StudyInstanceUID -> PatientID, filled by a test) with those two attributes; 204 when nothing matches.
 """
 
 from __future__ import annotations
@@ -602,6 +607,8 @@ class UpsSimulator:
         self.profile = profile
         self.base_path = BASE_PATHS[profile]
         self.workitems: dict[str, Dataset] = {}
+        self.studies: dict[str, str] = {}  # the image archive's studies: StudyInstanceUID -> PatientID
+        self.studies_path = self.base_path.removesuffix("/workitems") + "/studies"
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -649,6 +656,8 @@ class UpsSimulator:
             return self._error(request, rejection)
 
     async def _route(self, request: Request, path: str, pairs: list[tuple[str, str]]) -> Response:
+        if path == self.studies_path and request.method == "GET":
+            return self._search_studies(request, pairs)
         if path != self.base_path and not path.startswith(self.base_path + "/"):
             _reject(404, f"no resource at {path}")
         parts = [part for part in path[len(self.base_path):].split("/") if part]
@@ -966,6 +975,37 @@ class UpsSimulator:
             path = parse_attribute_path(field)
             if path is None or (self.profile == "azure" and len(path) > 1):
                 _reject(400, f"Unknown includefield attribute '{field}'.")
+
+    def _search_studies(self, request: Request, pairs: list[tuple[str, str]]) -> Response:
+        """QIDO-RS at the study level, over ``studies``: StudyInstanceUID (UID list matching) and PatientID (single
+        value matching) keys, ``includefield``, ``limit`` and ``offset``; anything else is 400."""
+        if not self._accepts_dicom_json(request):
+            _reject(406, f"only {DICOM_JSON} is available")
+        limit: int | None = None
+        offset = 0
+        wanted_studies: set[str] | None = None
+        wanted_patient: str | None = None
+        for key, value in pairs:
+            if key == "limit":
+                limit = _int_parameter(key, value, minimum=1)
+            elif key == "offset":
+                offset = _int_parameter(key, value, minimum=0)
+            elif key == "includefield":
+                continue
+            elif parse_attribute_path(key) == (STUDY_INSTANCE_UID,):
+                wanted_studies = {uid.strip() for uid in value.split(",")}
+            elif parse_attribute_path(key) == (PATIENT_ID,):
+                wanted_patient = value
+            else:
+                _reject(400, f"Invalid query parameter {key}")
+        matches = [{STUDY_INSTANCE_UID: element("UI", study), PATIENT_ID: element("LO", patient_id)}
+                   for study, patient_id in self.studies.items()
+                   if (wanted_studies is None or study in wanted_studies)
+                   and (wanted_patient is None or patient_id == wanted_patient)]
+        page = matches[offset:] if limit is None else matches[offset:offset + limit]
+        if not page:
+            return Response(status_code=204)
+        return Response(json.dumps(page), media_type=DICOM_JSON)
 
     # -- cancel request -------------------------------------------------------------------------------------------
 
