@@ -8,6 +8,10 @@ What either accepts, the gateway can store and serve back: JSON texts that Pytho
 not interoperable JSON (RFC 8259 §6: numbers beyond IEEE 754 doubles; §8.2: strings with lone surrogates) are
 refused, as are `NaN` and `Infinity` (not JSON at all), strings with NUL (which PostgreSQL cannot store in a text
 column) and nesting deeper than `MAX_JSON_DEPTH`. Each refusal is a 400 naming where in the body it is.
+
+`read_json_object` also hands the bytes on, so it refuses what receivers of the same bytes could read otherwise
+(a name repeated within an object, also in another case) and caps the count of values, which bounds what the
+parsed object costs in memory (a Python object per value, tens of bytes each, for as little as two bytes of text).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ async def read_json(request: Request, *, max_bytes: int, what: str) -> Any:
     return value
 
 
-async def read_json_object(request: Request, *, max_bytes: int, what: str,
+async def read_json_object(request: Request, *, max_bytes: int, max_values: int, what: str,
                            media_types: frozenset[str]) -> tuple[bytes, dict[str, Any]]:
     """The request's body as received and the JSON object it holds.
 
@@ -55,8 +59,9 @@ async def read_json_object(request: Request, *, max_bytes: int, what: str,
     `charset` parameter is ignored: JSON text is UTF-8 (RFC 8259 §8.1; §11 defines no charset for
     application/json). A leading byte order mark is ignored for parsing, as §8.1 allows, and kept in the bytes.
     400 when the bytes are not UTF-8, not JSON, not an object, repeat a name within an object (§4: receivers
-    disagree on which one counts, and the gateway hands the bytes on), or hold a value the gateway could not
-    store and serve back.
+    disagree on which one counts, and the gateway hands the bytes on; names equal but for case count as one, see
+    `_unique_names`), hold more than `max_values` values (every object, array, string, number, `true`, `false`
+    and `null`, the body itself included), or hold a value the gateway could not store and serve back.
     """
     content_type = request.headers.get("content-type", "")
     kind = media_type(content_type)
@@ -85,14 +90,17 @@ async def read_json_object(request: Request, *, max_bytes: int, what: str,
     except RecursionError:
         raise _too_deep() from None
     except _RepeatedName as exc:
-        raise _refused((exc.name,), "appears more than once in its object") from None
+        message = ("appears more than once in its object" if exc.first == exc.name else
+                   f"is the name {_echo(exc.first)}, earlier in its object, in another case (decoders that match "
+                   "names regardless of case, such as Go's encoding/json, read one for the other)")
+        raise _refused((exc.name,), message) from None
     except json.JSONDecodeError as exc:
         raise not_an_object(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError:  # an integer past Python's int_max_str_digits (4300): valid JSON, but not read
         raise _refused((), "holds a number with too many digits to read") from None
     if not isinstance(value, dict):
         raise not_an_object(f"a JSON {_json_kind(value)}")
-    _check(value)
+    _check(value, max_values)
     return raw, value
 
 
@@ -116,16 +124,25 @@ async def read_body(request: Request, *, max_bytes: int, what: str) -> bytes:
 
 
 class _RepeatedName(ValueError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, first: str) -> None:
         super().__init__(name)
-        self.name = name
+        self.name = name  # the later one
+        self.first = first  # the one it repeats: the same name, or the same in another case
 
 
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object, unless two of its names are equal after `str.casefold()`: some decoders match names regardless
+    of case, the last one winning (Go's encoding/json folds "PatientID", "patientID" and "PATIENTID" into one
+    field), so a subscriber could read another value from the same bytes than the gateway. Full case folding
+    (Unicode's C and F mappings) joins at least the names that simple folding joins (Go's: U+212A KELVIN SIGN is
+    k), and a few more ("ß" and "ss"), which is refused too: no event needs both."""
     out: dict[str, Any] = {}
+    seen: dict[str, str] = {}
     for name, value in pairs:
-        if name in out:
-            raise _RepeatedName(name)
+        folded = name.casefold()
+        if folded in seen:
+            raise _RepeatedName(name, seen[folded])
+        seen[folded] = name
         out[name] = value
     return out
 
@@ -147,11 +164,17 @@ def _too_deep() -> BadRequest:
                       {"fields": [], "max_depth": MAX_JSON_DEPTH})
 
 
+def _too_many(max_values: int) -> BadRequest:
+    return BadRequest(f"the body holds more than {max_values} JSON values", {"fields": [], "max_values": max_values})
+
+
 Path = tuple[str | int, ...]
 
 
-def _check(value: Any) -> None:
-    """400 for the first value the gateway could not store and serve back, named by its path ("a.b.0")."""
+def _check(value: Any, max_values: int | None = None) -> None:
+    """400 for the first value the gateway could not store and serve back, named by its path ("a.b.0"), or as
+    soon as the values counted pass `max_values`."""
+    count = 1
     containers: list[tuple[dict[str, Any] | list[Any], Path]] = []
     if isinstance(value, dict | list):
         containers.append((value, ()))
@@ -163,6 +186,9 @@ def _check(value: Any) -> None:
             raise _too_deep()
         items = node.items() if isinstance(node, dict) else enumerate(node)
         for key, child in items:
+            count += 1
+            if max_values is not None and count > max_values:
+                raise _too_many(max_values)
             if isinstance(key, str) and (problem := _problem(key)) is not None:
                 raise _refused((*path, key), problem)
             if isinstance(child, dict | list):
@@ -186,8 +212,12 @@ def _problem(value: Any) -> str | None:
     return None
 
 
+def _echo(text: str) -> str:
+    # Errors echo the body's keys: escaped, so that the error itself can be served (a key may be the culprit).
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def _refused(path: Path, message: str) -> BadRequest:
-    # The path echoes the body's keys: escaped, so that the error itself can be served (a key may be the culprit).
-    field = ".".join(str(part) for part in path).encode("utf-8", "backslashreplace").decode() or "(body)"
+    field = _echo(".".join(str(part) for part in path)) or "(body)"
     return BadRequest("the body holds a value the gateway cannot store", {"fields": [{"field": field,
                                                                                       "message": message}]})

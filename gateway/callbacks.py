@@ -10,13 +10,28 @@ The body is a JSON object, sent as a PACS's vendor wrote it: `application/json` 
 bytes are the JSON text, never form-decoded) or without a Content-Type; anything else is 415. The event is stored
 twice over: its bytes exactly as received, which subscribers get (and which a signature covers), and its fields
 as parsed, where the parse is liberal only when the meaning is unambiguous: counts as decimal digit strings
-(`"239"`), `PatientSex` in lower case, and a string for a list of DICOM values (`"CT"`, `"CT\\MR"`).
+(`"239"`), `PatientSex` in lower case, and a string for a list of DICOM values (`"CT"`, `"CT\\MR"`). Names that
+subscribers' decoders could take for one another are refused: the same name twice in an object, also in another
+case (gateway.bodies), and an event field in another case (`patientID`), which would otherwise be kept as an
+unknown field while a decoder that ignores case reads it as `PatientID`.
+
+A body is at most `MAX_BODY_BYTES` (413) and `MAX_BODY_VALUES` JSON values (400). An event is about 1 KB and 20-odd
+values (the contract page's example: 800 bytes, 23 values): the caps leave vendors room for extra fields. The value
+cap bounds what parsing a body costs (a Python object per value, up to ~190 bytes for 5 bytes of text: under 1 MiB).
+The events API never parses a stored event again (`event_json` splices its JSON text in), so an event it shows
+costs its text: the bytes received, its parsed fields' JSON (at most ~1.5 times as long: `"\\\\"` is `["",""]`) and
+its rendering (`rawBody` escaped: at most twice as long). The listing reads `LIST_BATCH` events at a time and
+streams them, so its memory is one batch's whatever its `limit`: about 15 MiB at the caps
+(tests/test_callback_limits.py holds a listing of 1000 such events under 32 MiB; with 1 MiB bodies, no value cap
+and the whole listing parsed and rendered at once, 1000 events of 64 KiB took 1.2 GiB).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -31,7 +46,7 @@ from pydantic import (
     field_validator,
 )
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import Authenticator, Caller, Role, guarded
@@ -42,7 +57,9 @@ from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.events_store import EventStore, NewEvent, StoredEvent
 from gateway.qido import bad_parameter, integer_parameter, single
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024  # the caps and the batch: see the module's docstring
+MAX_BODY_VALUES = 4096
+LIST_BATCH = 50
 MEDIA_TYPES = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded", ""})
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 _MAX_COUNT = 10_000_000
@@ -137,10 +154,21 @@ class NewExamEvent(BaseModel):
         return value
 
 
+# The event's fields by their names casefolded (gateway.bodies: decoders that ignore case would read `patientID`
+# as PatientID).
+_FIELDS = {name.casefold(): name for name in NewExamEvent.model_fields}
+
+
 def parse_event(raw: bytes, body: dict[str, Any]) -> NewEvent:
     """The event to store from a callback body (its bytes and the object they hold); 400 with one detail per
     offending field. The parsed body is the object with each known field as checked (counts as numbers, ...):
-    same keys, same order; unknown fields as sent."""
+    same keys, same order; unknown fields as sent, except a known field's name in another case."""
+    misspelt = {key: _FIELDS[key.casefold()] for key in body
+                if key not in NewExamEvent.model_fields and key.casefold() in _FIELDS}
+    if misspelt:
+        raise BadRequest("the event is not valid", {"fields": [
+            {"field": key, "message": f"is {name} in another case: send it as {name}"}
+            for key, name in misspelt.items()]})
     try:
         checked = NewExamEvent.model_validate(body)
     except ValidationError as exc:
@@ -153,23 +181,33 @@ def parse_event(raw: bytes, body: dict[str, Any]) -> NewEvent:
                     patient_id=checked.PatientID, event_type=checked.EventType, body=parsed, raw=raw)
 
 
-def event_json(event: StoredEvent) -> dict[str, Any]:
+def event_json(event: StoredEvent) -> bytes:
+    """The event as the events API shows it, as JSONResponse would render it. Its parsed fields (`event`) are the
+    stored JSON text, spliced in as is: the gateway wrote that text (NewEvent.encoded, compact like this) from a
+    value it had checked, so an event costs its text here, not a Python object per value."""
     def when(seconds: float | None) -> str | None:
         return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
-    return {
+    head = _json({
         "id": event.id,
         "receivedAt": when(event.received_at),
         "origin": event.origin,
         "sourceId": event.source_id,
         "studyInstanceUID": event.study_instance_uid,
         "eventType": event.event_type,
-        "event": event.body,
+    })
+    tail = _json({
         # The bytes as received, as text: the gateway only stores bodies that are UTF-8 (bodies.read_json_object).
         "rawBody": None if event.raw is None else event.raw.decode("utf-8"),
         "deliveries": [{**d, "nextAttemptAt": when(d["nextAttemptAt"]), "deliveredAt": when(d["deliveredAt"])}
                        for d in event.deliveries],
-    }
+    })
+    return b"".join((memoryview(head)[:-1], b',"event":', event.body_json.encode(), b",", memoryview(tail)[1:]))
+
+
+def _json(value: Any) -> bytes:
+    # As JSONResponse renders.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 class Callbacks:
@@ -195,8 +233,8 @@ class Callbacks:
             caller = await self._authenticator.authenticate(request)
             if Role.PACS not in caller.roles:
                 raise Forbidden("the token does not grant access to this resource", {"required_roles": ["pacs"]})
-        raw, payload = await read_json_object(request, max_bytes=MAX_BODY_BYTES, what="the event",
-                                              media_types=MEDIA_TYPES)
+        raw, payload = await read_json_object(request, max_bytes=MAX_BODY_BYTES, max_values=MAX_BODY_VALUES,
+                                              what="the event", media_types=MEDIA_TYPES)
         event = parse_event(raw, payload)
         event_id, created = await self._store.add(event, self._subscribers)  # committed before the answer
         if created:
@@ -223,18 +261,25 @@ class Callbacks:
             except ValueError:
                 raise bad_parameter("since", "an ISO 8601 date or date-time, e.g. 2026-11-22T10:00:00Z") from None
             since_s = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-        found = await self._store.list_events(
-            study_instance_uid=study, patient_id=patient, since=since_s,
-            limit=integer_parameter(params, "limit", 100, 1, 1000),
-            offset=integer_parameter(params, "offset", 0, 0, 10_000_000),
-        )
-        return JSONResponse([event_json(e) for e in found], headers={"Cache-Control": "private, no-store"})
+        limit = integer_parameter(params, "limit", 100, 1, 1000)
+        offset = integer_parameter(params, "offset", 0, 0, 10_000_000)
+
+        async def batch(size: int, after: StoredEvent | None) -> list[StoredEvent]:
+            return await self._store.list_events(study_instance_uid=study, patient_id=patient, since=since_s,
+                                                 limit=size, offset=offset if after is None else 0, after=after)
+
+        # The first batch is read before the answer starts, so that a database failure is still its JSON error;
+        # one on a later batch can only cut the body short (the connection is closed: the client sees no `]`).
+        first = await batch(min(limit, LIST_BATCH), None)
+        return StreamingResponse(_listing(first, batch, limit), media_type="application/json",
+                                 headers={"Cache-Control": "private, no-store"})
 
     async def get(self, request: Request, caller: Caller) -> Response:
         event = await self._store.get_event(_event_id(request))
         if event is None:
             raise NotFound("no such event", {"id": request.path_params["id"]})
-        return JSONResponse(event_json(event), headers={"Cache-Control": "private, no-store"})
+        return Response(event_json(event), media_type="application/json",
+                        headers={"Cache-Control": "private, no-store"})
 
     async def redeliver(self, request: Request, caller: Caller) -> Response:
         event_id = _event_id(request)
@@ -243,7 +288,27 @@ class Callbacks:
         self._worker.wake()
         event = await self._store.get_event(event_id)
         assert event is not None
-        return JSONResponse(event_json(event), status_code=202, headers={"Cache-Control": "private, no-store"})
+        return Response(event_json(event), status_code=202, media_type="application/json",
+                        headers={"Cache-Control": "private, no-store"})
+
+
+Batch = Callable[[int, StoredEvent | None], Awaitable[list[StoredEvent]]]
+
+
+async def _listing(first: list[StoredEvent], batch: Batch, limit: int) -> AsyncIterator[bytes]:
+    """A JSON array of up to `limit` events, `first` then `batch(size, after)` until it runs out, one event per
+    chunk: the memory held is one batch of events, whatever the limit."""
+    found, left, separator = first, limit, b"["
+    while found:
+        for event in found:
+            yield separator + event_json(event)
+            separator = b","
+        left -= len(found)
+        if left <= 0 or len(found) < LIST_BATCH:
+            break
+        last, found = found[-1], []  # the batch read is let go before the next one is read
+        found = await batch(min(left, LIST_BATCH), last)
+    yield b"]" if separator == b"," else b"[]"
 
 
 def _event_id(request: Request) -> int:

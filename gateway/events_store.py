@@ -97,6 +97,7 @@ class NewEvent:
     raw: bytes | None = None  # the body exactly as received; None when the gateway built the event itself
 
     def encoded(self) -> str:
+        """The body as stored (`events.body`, `StoredEvent.body_json`): compact JSON, non-ASCII as is."""
         return json.dumps(self.body, ensure_ascii=False, separators=(",", ":"))
 
     def dedup_key(self) -> str:
@@ -131,7 +132,9 @@ class StoredEvent:
     study_instance_uid: str
     patient_id: str | None
     event_type: str
-    body: dict[str, Any]
+    # The parsed fields as stored: the JSON text `NewEvent.encoded` wrote, not parsed again (read back, one Python
+    # object per value would cost many times the text).
+    body_json: str
     raw: bytes | None  # as received; None for events the gateway built, or stored before raw bodies were kept
     deliveries: list[dict[str, Any]]
 
@@ -272,7 +275,11 @@ class EventStore:
     # -- reading ----------------------------------------------------------------------------------------------------
 
     async def list_events(self, *, study_instance_uid: str | None = None, patient_id: str | None = None,
-                          since: float | None = None, limit: int = 100, offset: int = 0) -> list[StoredEvent]:
+                          since: float | None = None, limit: int = 100, offset: int = 0,
+                          after: StoredEvent | None = None) -> list[StoredEvent]:
+        """Events newest first (`received_at`, then `id`, descending). `after`: only those that come after that
+        event in this order, to read a long listing in batches (keyset paging: events stored meanwhile are newer,
+        so a batch neither repeats nor skips one, as offsets would)."""
         conditions = []
         if study_instance_uid is not None:
             conditions.append(events.c.study_instance_uid == study_instance_uid)
@@ -280,6 +287,9 @@ class EventStore:
             conditions.append(events.c.patient_id == patient_id)
         if since is not None:
             conditions.append(events.c.received_at >= since)
+        if after is not None:
+            conditions.append(or_(events.c.received_at < after.received_at,
+                                  and_(events.c.received_at == after.received_at, events.c.id < after.id)))
         query = (select(events).where(and_(true(), *conditions))
                  .order_by(events.c.received_at.desc(), events.c.id.desc()).limit(limit).offset(offset))
         async with self.engine.connect() as conn:
@@ -306,7 +316,7 @@ class EventStore:
                 "deliveredAt": d.delivered_at,
             })
         return [StoredEvent(int(r.id), float(r.received_at), r.origin, r.source_id, r.study_instance_uid,
-                            r.patient_id, r.event_type, json.loads(r.body),
+                            r.patient_id, r.event_type, r.body,
                             None if r.raw_body is None else bytes(r.raw_body), by_event[int(r.id)]) for r in rows]
 
     async def redeliver(self, event_id: int, subscribers: list[str]) -> bool:
