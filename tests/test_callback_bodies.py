@@ -14,39 +14,16 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tests.contract.curl import arguments
+from tests.contract.page import CALLBACK
 from tests.exams_support import clinician
 from tests.receivers import Receiver, receivers, verify, wait_until
 from tests.test_callbacks import SEED, event, gateway, pacs
 
-# The contract page's "Example of callback request from PACS", the text between the quotes of its `--data '...'`,
-# byte for byte (newlines and indentation included: curl sends a literal --data argument as it is).
-PAGE_EXAMPLE = b"""{
-    "SourceID":"O3PROD",
-    "StudyInstanceUID":"1.3.76.13.90696.2.20130926082332.5279531.1",
-    "AccessionNumber":"62476609-1",
-    "PatientID":"46803338",
-    "NumberOfStudyRelatedSeries":1,
-    "NumberOfStudyRelatedInstances":239,
-    "ModalitiesInStudy": [
-      "CT"
-    ],
-    "AeTitles": [
-      "O3-PACS-57"
-    ],
-    "StationNames": [
-      "Station ALFA",
-      "Station BETA"
-    ],
-    "EventType":"COMPLETED",
-    "StudyDate":"20130926",
-    "StudyTime":"082329",
-    "StudyID":null,
-    "ReferringPhysicianName":"NO_DOC_NAME^NO_DOC_SURNAME",
-    "StudyDescription":"DENTALSCAN SUP",
-    "PatientName":"NO_SURNAME^NO_NAME",
-    "PatientBirthDate":"19600101",
-    "PatientSex":"F"
-  }"""
+# The contract page's "Example of callback request from PACS": the argument of its `--data '...'`, byte for byte
+# (newlines and indentation included: curl sends a literal --data argument as it is).
+_ARGS = arguments(CALLBACK.request)
+PAGE_EXAMPLE = _ARGS[_ARGS.index("--data") + 1].encode()
 FORM = "application/x-www-form-urlencoded"  # what curl --data sends
 
 
