@@ -21,6 +21,7 @@ from gateway.db import create_engine
 from gateway.events_store import EventStore
 from tests.conftest import make_settings
 from tests.exams_support import SECRET, clinician
+from tests.exams_support import error as error_body
 from tests.test_callbacks import SEED, event, gateway, pacs
 
 MAX_BODY_BYTES = 64 * 1024  # gateway.callbacks.MAX_BODY_BYTES, as documented
@@ -73,11 +74,7 @@ async def post(client: httpx.AsyncClient, content: bytes) -> httpx.Response:
 
 
 def assert_bad_request(answer: httpx.Response) -> dict[str, Any]:
-    assert answer.status_code == 400, answer.text
-    error: dict[str, Any] = answer.json()["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert error["code"] == "bad_request"
-    return error
+    return error_body(answer, 400, "bad_request")
 
 
 async def nothing_stored(client: httpx.AsyncClient) -> bool:

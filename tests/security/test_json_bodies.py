@@ -18,6 +18,7 @@ import pytest
 from gateway.app import create_app
 from tests.conftest import make_settings, running
 from tests.exams_support import SECRET, clinician, token
+from tests.exams_support import error as error_body
 from tests.test_workitems import seed, stack
 
 SEED: dict[str, Any] = {
@@ -52,11 +53,7 @@ async def stored_events(client: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 
 def assert_bad_request(answer: httpx.Response) -> dict[str, Any]:
-    assert answer.status_code == 400, answer.text
-    error: dict[str, Any] = answer.json()["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert error["code"] == "bad_request"
-    return error
+    return error_body(answer, 400, "bad_request")
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
