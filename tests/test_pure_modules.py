@@ -1,0 +1,118 @@
+"""Unit tests of small pure modules that the route tests only reach indirectly: the VR checks (`gateway.vr`), the
+query-parameter helpers (`gateway.qido`) and the delivery backoff (`gateway.delivery.DeliveryPolicy`)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from starlette.datastructures import QueryParams
+
+from gateway import vr
+from gateway.delivery import DeliveryPolicy
+from gateway.errors import BadRequest
+from gateway.qido import date_or_range, integer_parameter, is_small_integer, optional_patient_id, single
+
+
+@pytest.mark.parametrize(("check", "value", "stored"), [
+    (vr.ae, " NGV ", "NGV"),
+    (vr.cs, "CT", "CT"),
+    (vr.sh, "ACC1", "ACC1"),
+    (vr.lo, "x" * 64, "x" * 64),
+    (vr.pn, "ROSSI^MARIO", "ROSSI^MARIO"),
+    (vr.pn, "A^B=C^D=E^F", "A^B=C^D=E^F"),
+    (vr.da, "20000229", "20000229"),
+    (vr.tm, "120000", "120000"),
+    (vr.tm, "235960.123456", "235960.123456"),  # PS3.5: second 60 for a leap second
+    (vr.ui, "1.2.840.10008.1.2", "1.2.840.10008.1.2"),
+])
+def test_a_valid_value_is_stored_as_returned(check: object, value: str, stored: str) -> None:
+    assert callable(check)
+    assert check(value) == stored
+
+
+@pytest.mark.parametrize(("check", "value"), [
+    (vr.ae, "   "),
+    (vr.ae, "NGVÉ"),
+    (vr.ae, "A" * 17),
+    (vr.cs, "ct"),
+    (vr.sh, "A\\B"),
+    (vr.sh, "x" * 17),
+    (vr.lo, "tab\there"),
+    (vr.pn, "A=B=C=D"),
+    (vr.pn, "A^B^C^D^E^F"),
+    (vr.da, "20010229"),
+    (vr.da, "2000-01-01"),
+    (vr.da, "\uff12\uff10\uff10\uff10\uff10\uff11\uff10\uff11"),  # full-width digits
+    (vr.tm, "240000"),
+    (vr.tm, "126000"),
+    (vr.tm, "120061"),
+    (vr.tm, "1200"),
+    (vr.ui, "1.02.3"),
+    (vr.ui, "1." + "1" * 64),
+])
+def test_an_invalid_value_is_a_vr_error(check: object, value: str) -> None:
+    assert callable(check)
+    with pytest.raises(vr.VrError):
+        check(value)
+
+
+def test_us_takes_16_bits_and_an_allowed_set() -> None:
+    assert vr.us(65535) == 65535
+    assert vr.us(2, frozenset({1, 2})) == 2
+    for value, allowed in ((65536, None), (-1, None), (3, frozenset({1, 2}))):
+        with pytest.raises(vr.VrError):
+            vr.us(value, allowed)
+
+
+@pytest.mark.parametrize("value", ["20240101", "20240101-20241231", "20240101-", "-20241231"])
+def test_a_date_or_range_is_taken_as_given(value: str) -> None:
+    assert date_or_range("StudyDate", value) == value
+
+
+@pytest.mark.parametrize("value", ["", "-", "2024", "20241301", "20241231-20240101", "20240101-2024", "--"])
+def test_a_bad_date_or_range_is_400_naming_the_parameter(value: str) -> None:
+    with pytest.raises(BadRequest) as raised:
+        date_or_range("StudyDate", value)
+    assert raised.value.details == {"parameter": "StudyDate"}
+
+
+@pytest.mark.parametrize(("raw", "small"), [("0", True), ("123456789", True), ("1234567890", False), ("²", False),
+                                             ("-1", False), ("", False), ("1 ", False)])
+def test_is_small_integer(raw: str, small: bool) -> None:
+    assert is_small_integer(raw) is small
+
+
+def test_integer_parameter_bounds_and_default() -> None:
+    assert integer_parameter(QueryParams(""), "limit", 100, 1, 200) == 100
+    assert integer_parameter(QueryParams("limit=200"), "limit", 100, 1, 200) == 200
+    for query in ("limit=0", "limit=201", "limit=abc", "limit=1&limit=2"):
+        with pytest.raises(BadRequest):
+            integer_parameter(QueryParams(query), "limit", 100, 1, 200)
+
+
+def test_single_refuses_a_repeated_parameter() -> None:
+    assert single(QueryParams("a=1"), "a") == "1"
+    assert single(QueryParams(""), "a") is None
+    with pytest.raises(BadRequest):
+        single(QueryParams("a=1&a=1"), "a")
+
+
+def test_the_patient_id_spellings_must_agree() -> None:
+    assert optional_patient_id(QueryParams("patientID=P1&PatientId=P1"), "PatientId") == "P1"
+    assert optional_patient_id(QueryParams(""), "PatientId") is None
+    with pytest.raises(BadRequest):
+        optional_patient_id(QueryParams("patientID=P1&PatientId=P2"), "PatientId")
+    with pytest.raises(BadRequest):
+        optional_patient_id(QueryParams("PatientId=P*"), "PatientId")
+
+
+def test_backoff_doubles_with_equal_jitter_and_is_capped() -> None:
+    random.seed(7)
+    policy = DeliveryPolicy(backoff_base_s=1.0, max_backoff_s=300.0)
+    for attempt in range(1, 12):
+        ceiling = min(300.0, 2.0 ** (attempt - 1))
+        waits = [policy.backoff(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
+        assert max(waits) - min(waits) > ceiling / 4  # spread out, not one fixed value
+    assert policy.backoff(10_000) <= 300.0  # no overflow for an absurd attempt count
