@@ -53,7 +53,7 @@ class DeliveryPolicy:
 
 
 def signature(secret: bytes, timestamp: int, body: bytes) -> str:
-    """`t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">` (the README shows how a receiver checks it)."""
+    """`t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">` (docs/api/callbacks.md: the receiver's check)."""
     digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
 

@@ -1,7 +1,7 @@
 """What differs between upstream PACS: one profile object per upstream, chosen by `PACS_PROFILE`.
 
 Routes never test which PACS they talk to; they ask the profile. Facts come from measurements against the real
-servers (`shared/upstreams/orthanc.md`) and from the vendors' conformance statements.
+servers (Orthanc 1.10; the quirks are listed in docs/tests.md) and from the vendors' conformance statements.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 class UpstreamProfile:
     name: PacsProfileName
     # Characters sent literally in query values. RFC 3986 lets a server decode percent-escapes, and standard servers
-    # do; Orthanc does not decode query values at all (orthanc.md pitfall 2), so QIDO wildcards (`*`, `?`), PN
+    # do; Orthanc does not decode query values at all (measured, docs/tests.md), so QIDO wildcards (`*`, `?`), PN
     # separators (`^`), lists (`,`) and date ranges (`-`) must reach it unescaped or they match nothing.
     literal_query_chars: str
     # PS3.18 §8.3.4: includefield may be repeated or comma-separated. Orthanc only understands the repeated form.
@@ -46,7 +46,7 @@ class UpstreamProfile:
     # Orthanc: existence checks by computed resource id on its native API (`gateway.orthanc`), O(1) and exact.
     orthanc_native_ids: bool = False
     # Whether the gateway can remove an instance it stored (Orthanc: native `POST /tools/lookup` with the SOP
-    # Instance UID, then `DELETE /instances/{id}`; DICOMweb has no delete, orthanc.md pitfall 8). Used when the PACS
+    # Instance UID, then `DELETE /instances/{id}`; DICOMweb has no delete). Used when the PACS
     # filed an upload under another PatientID than the gateway checked (`gateway.readback`).
     deletes_instances_natively: bool = False
     # A cheap DICOMweb request that proves the upstream answers (readiness).

@@ -1,7 +1,7 @@
 """The gateway's settings: read once from the environment (and an optional env file) into one object.
 
-Every field is named after its environment variable (case-insensitive match); `README.md` has the table. No other
-module reads the environment: `create_app(settings)` receives this object and passes typed values down.
+Every field is named after its environment variable (case-insensitive match); `docs/configuration.md` has the table.
+No other module reads the environment: `create_app(settings)` receives this object and passes typed values down.
 """
 
 from __future__ import annotations

@@ -499,7 +499,7 @@ class _SeriesLookups:
 def _stow_answer(response: UpstreamStream, payload: bytes) -> DicomJson:
     """The STOW-RS response dataset; an upstream refusal of instances the gateway found valid becomes 409 or 422."""
     try:
-        decoded = json.loads(payload)  # Orthanc sends it with no Content-Type (orthanc.md pitfall 5)
+        decoded = json.loads(payload)  # Orthanc sends it with no Content-Type (measured, docs/tests.md)
         if isinstance(decoded, list):
             dataset = DicomJson.list_from(decoded)[0]
         else:

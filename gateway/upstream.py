@@ -1,7 +1,7 @@
 """The one client of the upstream PACS: a pooled aiohttp session, opened and closed by the app's lifespan.
 
 All upstream I/O goes through `UpstreamClient`, which
-- builds URLs with the profile's query encoding (Orthanc needs literal `^ * ? , -`, orthanc.md pitfall 2),
+- builds URLs with the profile's query encoding (Orthanc needs literal `^ * ? , -`, docs/tests.md),
 - authenticates as the gateway (static bearer, Basic or OAuth2 client credentials, `upstream_auth`),
 - maps transport failures to the gateway's errors (`upstream_errors`), and upstream 401/403/5xx to 502,
 - times every exchange for the access log and the metrics.
@@ -9,7 +9,8 @@ All upstream I/O goes through `UpstreamClient`, which
 Why aiohttp and not httpx here: the upstream exchange is on every request's hot path, and on the 2-core machines the
 gateway is sized for, CPU per exchange decides throughput. Measured per QIDO exchange with Orthanc: httpx 0.67-0.95
 ms of CPU, bare httpcore 0.49 ms, aiohttp 0.18 ms. With httpx the QIDO target (70 % of direct at 4 clients) is out of
-reach (bench/README). httpx stays for the low-rate clients (JWKS, OAuth token endpoint) and the tests.
+reach (docs/decisions.md, docs/benchmarks.md). httpx stays for the low-rate clients (JWKS, OAuth token endpoint)
+and the tests.
 
 Timeouts: connect (including the wait for a pooled connection) and read (between two chunks) are bounded; the whole
 exchange is not, so a large WADO-RS retrieval streams for as long as bytes keep coming.

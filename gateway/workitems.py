@@ -108,7 +108,7 @@ SEARCH_KEYS = {
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """What differs between UPS-RS servers (shared/upstreams/ups-rs.md), for the calls the gateway makes."""
+    """What differs between UPS-RS servers (as documented; docs/api/worklist.md#dialects), for the gateway's calls."""
 
     name: str
     bare_uid_query: bool  # create: `?{uid}` (Microsoft) instead of `?workitem={uid}`
@@ -380,7 +380,7 @@ class Worklist:
                                                                      "state": "COMPLETED"})
             # None, another patient's (no existence oracle), or all cancelled already: removed.
             raise NotFound("no workitem for this study", {"StudyInstanceUID": study_uid})
-        for dataset in scheduled:  # more than one only after two creates raced for the study (README)
+        for dataset in scheduled:  # more than one only after two creates raced for the study (docs/api/worklist.md)
             await self._cancel_one(dialect, _first(dataset, SOP_INSTANCE_UID), study_uid)
         return Response(status_code=204)
 

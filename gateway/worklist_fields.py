@@ -4,7 +4,7 @@ K.6-1, the layout of the contract page's `GET /workitems` example).
 
 `FIELDS` is the one table of both translations: a field's VR check, whether it is required, its UPS destination as a
 path of tags (an element at top level, or inside the single item of a sequence) and its MWL place (likewise). The
-README shows the same table; `worklist_ups` writes and reads the UPS side, `worklist_mwl` the MWL side.
+docs/api/worklist.md shows the same table; `worklist_ups` writes and reads the UPS side, `worklist_mwl` the MWL side.
 
 Dates and times are taken in the spellings clients commonly send and stored as DICOM DA / TM:
 - DA: `YYYYMMDD` or `YYYY-MM-DD`, a real calendar date.
@@ -50,14 +50,14 @@ class Field:
     vr: str
     check: Callable[[Any], Any]
     required: bool
-    destination: str  # human-readable UPS destination, for the README table
+    destination: str  # human-readable UPS destination, for the docs table
     path: tuple[str, ...]  # UPS: the element, possibly inside a sequence's item
     mwl: tuple[str, ...]  # MWL: the element, possibly inside the Scheduled Procedure Step Sequence's item
     always_shown: bool = True  # in the MWL layout even when unknown (every tag of the contract page's example)
 
     @property
     def mwl_place(self) -> str:
-        """The MWL place in words, for the README table: `Scheduled Procedure Step Sequence (0040,0100) > ...`."""
+        """The MWL place in words, for the docs table: `Scheduled Procedure Step Sequence (0040,0100) > ...`."""
         return " > ".join(f"{dictionary_description(int(tag, 16))} ({tag[:4]},{tag[4:]})" for tag in self.mwl)
 
 

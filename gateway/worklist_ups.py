@@ -5,8 +5,8 @@ Used by `gateway.workitems` and `gateway.worklist_mwl`. Where each field goes is
 differs per upstream dialect is chosen by `dialect`: `standard` (PS3.18 as written: Type 2 attributes present, empty
 when unknown; TransactionUID present and empty), `azure` (the same: Microsoft's validator checks that Type 2
 attributes are present, PatientBirthDate, PatientSex, AdmissionID and AdmittingDiagnosesDescription included, and
-accepts them empty, per shared/upstreams/ups-rs.md; an open question, see tests/ups_simulator.py), `dcm4chee`
-(no SOP Class/Instance UID in the body, no Type 2 requirement).
+accepts them empty, per its DICOM conformance statement (requirement type 2); an open question, see
+tests/ups_simulator.py), `dcm4chee` (no SOP Class/Instance UID in the body, no Type 2 requirement).
 
 Nothing is made up to satisfy a PACS: an unknown value is an empty element, never a placeholder. The codes the
 gateway must build (Table CC.2.5-2a needs a Code Meaning in every code item) say what they are: the station's AE

@@ -84,8 +84,8 @@ def receivers(*specs: Receiver) -> Iterator[list[Receiver]]:
 
 
 def verify(signature: str, body: bytes, secret: bytes, tolerance_s: float = 300) -> bool:
-    """The receiver's check documented in the README: recompute the HMAC of "<t>.<body>", compare in constant time,
-    and refuse old timestamps (replays)."""
+    """The receiver's check documented in docs/api/callbacks.md: recompute the HMAC of "<t>.<body>", compare in
+    constant time, and refuse old timestamps (replays)."""
     parts = dict(part.split("=", 1) for part in signature.split(","))
     timestamp = parts["t"]
     expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()

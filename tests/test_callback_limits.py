@@ -26,7 +26,7 @@ from tests.test_callbacks import SEED, event, gateway, pacs
 
 MAX_BODY_BYTES = 64 * 1024  # gateway.callbacks.MAX_BODY_BYTES, as documented
 MAX_VALUES = 4096  # gateway.callbacks.MAX_BODY_VALUES, as documented
-LISTING_PEAK_BYTES = 32 * 1024 * 1024  # the documented bound on a listing's memory (README, New-exam callbacks)
+LISTING_PEAK_BYTES = 32 * 1024 * 1024  # the documented bound on a listing's memory (docs/api/callbacks.md, Sizes)
 MAX_LIMIT = 1000  # the largest `limit` of GET /new-exam-callback/events
 POSTED = 20  # of the MAX_LIMIT events of the listing test, those stored through POST /new-exam-callback
 LIST_BATCH = 50  # gateway.callbacks.LIST_BATCH: events read at a time by a listing
