@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
-from gateway import callbacks, dicomweb, docs, exams, health, uids, workitems
+from gateway import callbacks, dicomweb, docs, docs_page, exams, health, uids, workitems
 from gateway.auth import build_authenticator
 from gateway.db import create_engine, migrate
 from gateway.delivery import DeliveryPolicy, DeliveryWorker
@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         *callbacks.routes(hooks, authenticator),
         *dicomweb.routes(viewer, issuer, authenticator),
         *docs.routes(),
+        *docs_page.routes(),
     ]
 
     @asynccontextmanager
