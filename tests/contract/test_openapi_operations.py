@@ -100,7 +100,7 @@ def live(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "series": exam.series_uid, "SeriesInstanceUID": exam.series_uid, "instance": exam.sop_uid,
                 "SOPInstanceUID": exam.sop_uid, "AccessionNumber": "ACC1", "Modality": "CT",
                 "ModalitiesInStudy": "CT", "id": posted.headers["X-Event-Id"], "studyInstanceUID": workitem_study,
-                "path": f"studies/{exam.study_uid}/metadata",
+                "path": f"studies/{exam.study_uid}/metadata", "asset": "docs.js",
             })
 
 
