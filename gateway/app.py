@@ -11,24 +11,30 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
-from gateway import callbacks, dicomweb, docs, docs_page, exams, health, uids, workitems
-from gateway.auth import build_authenticator
-from gateway.db import create_engine, migrate
-from gateway.delivery import DeliveryPolicy, DeliveryWorker
-from gateway.dicom import UidGenerator
+from gateway.auth.callers import build_authenticator
+from gateway.callbacks import routes as callbacks
+from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
+from gateway.callbacks.new_exams import OrthancChangeFollower
+from gateway.dicom.part10 import configure_pydicom
+from gateway.dicom.uid import UidGenerator
+from gateway.edge.middleware import RequestContextMiddleware
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.events_store import EventStore
-from gateway.links import ExamLinks
-from gateway.logs import configure_logging
-from gateway.metrics import Metrics
-from gateway.middleware import RequestContextMiddleware
-from gateway.new_exams import OrthancChangeFollower
-from gateway.part10 import configure_pydicom
-from gateway.profiles import profile_for
+from gateway.exams import routes as exams
+from gateway.exams.links import ExamLinks
+from gateway.exams.uploads import ExamUploads
+from gateway.ops import docs_page, health
+from gateway.ops import openapi as docs
+from gateway.ops import uid as uids
+from gateway.ops.logs import configure_logging
+from gateway.ops.metrics import Metrics
 from gateway.settings import AuthMode, Settings
-from gateway.uploads import ExamUploads
-from gateway.upstream import UpstreamClient
-from gateway.viewer_tokens import ViewerTokens
+from gateway.store.db import create_engine, migrate
+from gateway.store.events import EventStore
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.profiles import profile_for
+from gateway.viewer import dicomweb
+from gateway.viewer.tokens import ViewerTokens
+from gateway.worklist import routes as workitems
 
 log = structlog.get_logger(__name__)
 

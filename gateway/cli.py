@@ -9,7 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import create_app
-from gateway.edge import EdgeLimits, protocol_for
+from gateway.edge.http import EdgeLimits, protocol_for
 from gateway.settings import SettingsError, load_settings
 
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dicom-gateway: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings)
-    # loop "auto" picks uvloop; http is httptools with the edge's limits on request heads (gateway.edge); logging is
-    # ours (log_config=None).
+    # loop "auto" picks uvloop; http is httptools with the edge's limits on request heads (gateway.edge.http);
+    # logging is ours (log_config=None).
     uvicorn.run(
         app, host=args.host, port=args.port, loop="auto", http=protocol_for(EdgeLimits.from_settings(settings)),
         log_config=None, proxy_headers=False, server_header=False, timeout_graceful_shutdown=30,

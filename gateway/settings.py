@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway.db import async_url
-from gateway.dicom import UidRootError, validate_uid_root
-from gateway.vr import VrError, ae
+from gateway.dicom.uid import UidRootError, validate_uid_root
+from gateway.dicom.vr import VrError, ae
+from gateway.store.db import async_url
 
 
 class PacsProfileName(StrEnum):
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
     exams_max_files: int = Field(default=1000, ge=1)
 
-    # --- the HTTP edge (gateway.edge): limits on request heads, as servers facing the internet set -------------------
+    # --- the HTTP edge (gateway.edge.http): limits on request heads, as servers facing the internet set -------------
     http_max_field_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)  # one header field, name and value
     http_max_head_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)  # request line and fields
     http_max_fields: int = Field(default=100, ge=1, le=10_000)

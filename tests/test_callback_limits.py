@@ -16,20 +16,20 @@ import pytest
 from starlette.types import ASGIApp, Message
 
 from gateway.app import create_app
-from gateway.callbacks import parse_event
-from gateway.db import create_engine
-from gateway.events_store import EventStore
+from gateway.callbacks.routes import parse_event
+from gateway.store.db import create_engine
+from gateway.store.events import EventStore
 from tests.conftest import make_settings
 from tests.exams_support import SECRET, clinician
 from tests.exams_support import error as error_body
 from tests.test_callbacks import SEED, event, gateway, pacs
 
-MAX_BODY_BYTES = 64 * 1024  # gateway.callbacks.MAX_BODY_BYTES, as documented
-MAX_VALUES = 4096  # gateway.callbacks.MAX_BODY_VALUES, as documented
+MAX_BODY_BYTES = 64 * 1024  # gateway.callbacks.routes.MAX_BODY_BYTES, as documented
+MAX_VALUES = 4096  # gateway.callbacks.routes.MAX_BODY_VALUES, as documented
 LISTING_PEAK_BYTES = 32 * 1024 * 1024  # the documented bound on a listing's memory (docs/api/callbacks.md, Sizes)
 MAX_LIMIT = 1000  # the largest `limit` of GET /new-exam-callback/events
 POSTED = 20  # of the MAX_LIMIT events of the listing test, those stored through POST /new-exam-callback
-LIST_BATCH = 50  # gateway.callbacks.LIST_BATCH: events read at a time by a listing
+LIST_BATCH = 50  # gateway.callbacks.routes.LIST_BATCH: events read at a time by a listing
 
 JSON = {"Content-Type": "application/json"}
 

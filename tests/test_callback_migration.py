@@ -13,7 +13,7 @@ from alembic.config import Config
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from gateway.db import MIGRATIONS, create_engine
+from gateway.store.db import MIGRATIONS, create_engine
 from tests.exams_support import clinician
 from tests.receivers import Receiver, receivers, wait_until
 from tests.test_callbacks import SEED, event, gateway, pacs

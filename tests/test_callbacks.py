@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from gateway.app import create_app
-from gateway.db import create_engine
+from gateway.store.db import create_engine
 from tests.conftest import gateway_env, make_settings, running
 from tests.dicom_factory import generated, new_uid
 from tests.exams_support import SECRET, clinician, token

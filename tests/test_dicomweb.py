@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import create_app
-from gateway.viewer_tokens import AUDIENCE, ISSUER
+from gateway.viewer.tokens import AUDIENCE, ISSUER
 from tests.conftest import gateway_env, make_settings, running
 from tests.dicom_factory import generated, new_uid
 from tests.exams_support import SECRET, token

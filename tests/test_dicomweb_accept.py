@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.accept import MAX_ACCEPT_BYTES, MediaType, acceptable
+from gateway.edge.accept import MAX_ACCEPT_BYTES, MediaType, acceptable
 from tests.dicom_factory import generated
 from tests.exams_support import Exams, clinician, error, gateway, new_patient_id
 from tests.recorder import RecordingProxy

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.docs_page import CONTENT_SECURITY_POLICY
+from gateway.ops.docs_page import CONTENT_SECURITY_POLICY
 from tests.conftest import AppClient, gateway_env
 from tests.exams_support import SECRET
 from tests.processes import GatewayProcess

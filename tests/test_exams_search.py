@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.orthanc import orthanc_id
+from gateway.upstream.orthanc import orthanc_id
 from tests.dicom_factory import Instance, generated, new_uid
 from tests.exams_support import (
     PUBLIC_BASE_URL,

@@ -10,7 +10,7 @@ import httpx
 import pydicom
 import pytest
 
-from gateway.orthanc import orthanc_id
+from gateway.upstream.orthanc import orthanc_id
 from tests.dicom_factory import bundled, generated, new_uid
 from tests.exams_support import PUBLIC_BASE_URL, Exams, clinician, error, gateway, new_patient_id, patient, values
 from tests.orthanc import Orthanc
@@ -226,7 +226,7 @@ async def test_stow_reaches_the_upstream_as_one_multipart_related_request(
     assert all(seen.query.count(",") == 2 for seen in searches)
     # The files go up in one STOW-RS request.
     assert [seen.method for seen in proxy.seen if seen.path == "/dicom-web/studies"] == ["POST"]
-    # After a patient's upload: its series read back (gateway.readback: filed under the checked PatientID) and its
+    # After a patient's upload: its series read back (gateway.exams.readback: filed under the checked PatientID) and its
     # study, series and SOP Instance UIDs looked up again (no other patient's upload raced into them); nothing
     # after a clinician's but its two UID lookups, if they had not answered before the store began.
     if role == "patient":

@@ -6,7 +6,7 @@ import pytest
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from gateway.formdata import FormField, split_form
+from gateway.edge.formdata import FormField, split_form
 
 B = "b0und4ry"
 

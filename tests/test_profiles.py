@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from gateway.metrics import Metrics
-from gateway.profiles import DICOM_JSON, profile_for
+from gateway.ops.metrics import Metrics
 from gateway.settings import PacsProfileName
-from gateway.upstream import UpstreamClient
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.profiles import DICOM_JSON, profile_for
 from tests.conftest import make_settings
 
 

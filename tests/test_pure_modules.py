@@ -1,5 +1,6 @@
-"""Unit tests of small pure modules that the route tests only reach indirectly: the VR checks (`gateway.vr`), the
-query-parameter helpers (`gateway.qido`) and the delivery backoff (`gateway.delivery.DeliveryPolicy`)."""
+"""Unit tests of small pure modules that the route tests only reach indirectly: the VR checks
+(`gateway.dicom.vr`), the query-parameter helpers (`gateway.edge.params`) and the delivery backoff
+(`gateway.callbacks.delivery.DeliveryPolicy`)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import random
 import pytest
 from starlette.datastructures import QueryParams
 
-from gateway import vr
-from gateway.delivery import DeliveryPolicy
+from gateway.callbacks.delivery import DeliveryPolicy
+from gateway.dicom import vr
+from gateway.edge.params import date_or_range, integer_parameter, is_small_integer, optional_patient_id, single
 from gateway.errors import BadRequest
-from gateway.qido import date_or_range, integer_parameter, is_small_integer, optional_patient_id, single
 
 
 @pytest.mark.parametrize(("check", "value", "stored"), [

@@ -18,10 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import UnprocessableContent
-from gateway.identifiers import IdentifierError
-from gateway.multipart import MultipartError, SinglePartReader, boundary_of
-from gateway.part10 import (
+from gateway.dicom.identifiers import IdentifierError
+from gateway.dicom.part10 import (
     PARSE_ERRORS,
     PatientIdProbe,
     _read_identifiers,
@@ -30,7 +28,9 @@ from gateway.part10 import (
     dataset_patient_id,
     read_header,
 )
-from gateway.part10_fast import WANTED, read_identifiers
+from gateway.dicom.part10_fast import WANTED, read_identifiers
+from gateway.edge.multipart import MultipartError, SinglePartReader, boundary_of
+from gateway.errors import UnprocessableContent
 from tests.dicom_factory import generated
 from tests.exams_support import Exams, error, gateway
 from tests.servers import serve

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.dicom import MIN_RANDOM_DIGITS, UID_MAX_LENGTH, UidGenerator, UidRootError, is_valid_uid
+from gateway.dicom.uid import MIN_RANDOM_DIGITS, UID_MAX_LENGTH, UidGenerator, UidRootError, is_valid_uid
 from tests.conftest import AppClient, gateway_env
 from tests.processes import CONSOLE_SCRIPT, GatewayProcess
 

@@ -13,7 +13,7 @@ from joserfc import jwt
 from joserfc.jwk import OctKey
 
 from gateway.errors import Unauthorized
-from gateway.viewer_tokens import ViewerRole, ViewerTokens
+from gateway.viewer.tokens import ViewerRole, ViewerTokens
 
 
 def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> str:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.worklist_fields import BY_NAME, FIELDS
+from gateway.worklist.fields import BY_NAME, FIELDS
 from tests import ups_simulator
 from tests.conftest import make_settings, running
 from tests.exams_support import SECRET, clinician, patient
@@ -289,7 +289,7 @@ async def test_common_date_and_time_spellings_are_stored_as_da_and_tm(profile: s
     ("ScheduledStationAETitle", "A" * 65, "AE"),
     ("PatientName", "A^B^C^D^E^F", "PN"),
     ("PatientID", "PAT*", "LO"),
-    # The exact-identifier rule of the searches (gateway.identifiers): no padding but one trailing space, and no
+    # The exact-identifier rule of the searches (gateway.dicom.identifiers): no padding but one trailing space, and no
     # space other than U+0020 nor invisible characters, which another reader would drop or keep.
     ("PatientID", " PAT", "LO"),
     ("PatientID", "PAT  ", "LO"),

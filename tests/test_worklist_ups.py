@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.worklist_fields import FIELDS, parse_workitem
-from gateway.worklist_ups import build_create, read_workitem
+from gateway.worklist.fields import FIELDS, parse_workitem
+from gateway.worklist.ups import build_create, read_workitem
 from tests.ups_simulator import PROFILES, UpsSimulator, new_uid
 
 SEED = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.dicom import is_valid_uid
+from gateway.dicom.uid import is_valid_uid
 from tests.contract.conftest import UID_ROOT, Deployment, StoredExam
 from tests.contract.page import UID_GENERATION, VIEWER_TOKEN
 

@@ -15,7 +15,7 @@ import httpx
 import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from gateway.orthanc import orthanc_id
+from gateway.upstream.orthanc import orthanc_id
 from tests.dicom_factory import gradient_row, image_dataset, new_uid
 
 _PLACEHOLDER = "PLACEHOLDER-PATIENT-ID-012345678"  # even length: no padding byte

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.part10 import PatientIdProbe, configure_pydicom
+from gateway.dicom.part10 import PatientIdProbe, configure_pydicom
 from tests.exams_support import Exams, clinician, error, gateway, patient
 from tests.orthanc import Orthanc
 from tests.security.crafted import (

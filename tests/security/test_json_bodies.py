@@ -26,7 +26,7 @@ SEED: dict[str, Any] = {
     "PatientID": "SDJ38WMD1MS01", "PatientName": "MARIO^ROSSI",
 }
 PACS = {"Authorization": f"Bearer {token('pacs')}", "Content-Type": "application/json"}
-MAX_DEPTH = 32  # gateway.bodies.MAX_JSON_DEPTH, as documented
+MAX_DEPTH = 32  # gateway.edge.bodies.MAX_JSON_DEPTH, as documented
 
 
 @asynccontextmanager

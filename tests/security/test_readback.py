@@ -1,5 +1,6 @@
-"""The read-back after a patient's upload (`gateway.readback`): a PACS that files an instance under another PatientID
-than the gateway checked makes the upload 502, the instance is removed (Orthanc), and a security event is logged.
+"""The read-back after a patient's upload (`gateway.exams.readback`): a PACS that files an instance under another
+PatientID than the gateway checked makes the upload 502, the instance is removed (Orthanc), and a security event is
+logged.
 
 No byte the gateway accepts makes Orthanc 1.10 misfile (that is the rule's job, test_patient_id_bytes), so the
 mismatch is forced: a PACS stand-in in front of the real Orthanc that rewrites the PatientID of what it is sent (as
@@ -15,14 +16,14 @@ import pytest
 from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
 
-from gateway.dicomjson import DicomJson
+from gateway.dicom.dicomjson import DicomJson
+from gateway.dicom.part10 import InstanceHeader
 from gateway.errors import UpstreamFailed
-from gateway.metrics import Metrics
-from gateway.part10 import InstanceHeader
-from gateway.profiles import profile_for
-from gateway.readback import verify_filed_patient
+from gateway.exams.readback import verify_filed_patient
+from gateway.ops.metrics import Metrics
 from gateway.settings import PacsProfileName
-from gateway.upstream import UpstreamClient
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.profiles import profile_for
 from tests.conftest import make_settings
 from tests.dicom_factory import generated
 from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.multipart import MultipartError, PartReader
-from gateway.part10 import configure_pydicom
-from gateway.scoped_parts import ScopedParts
+from gateway.dicom.part10 import configure_pydicom
+from gateway.edge.multipart import MultipartError, PartReader
+from gateway.viewer.scoped_parts import ScopedParts
 from tests.dicom_factory import generated
 
 BOUNDARY = "b0undary"

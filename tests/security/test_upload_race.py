@@ -66,7 +66,7 @@ async def test_an_upload_that_raced_another_patients_into_its_uids_is_removed_an
 async def test_a_clinicians_upload_whose_uid_lookups_answer_after_the_store_is_removed_again(
     recorder: tuple[RecordingProxy, str], orthanc: Orthanc
 ) -> None:
-    """A clinician's upload does not wait for the shared-UID lookups (gateway.uploads: their latency on every
+    """A clinician's upload does not wait for the shared-UID lookups (gateway.exams.uploads: their latency on every
     upload); when they answer only after the store, and name another patient's study, the stored instances are
     removed again by their exact ids and the answer is 409, as if refused first."""
     proxy, url = recorder

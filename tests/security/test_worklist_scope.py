@@ -24,7 +24,7 @@ STATES = (SCHEDULED, IN_PROGRESS, COMPLETED, CANCELED)
 # The one answer for a study that holds another patient's workitem (any state) or images.
 UID_IN_USE = {"code": "conflict", "message": "this StudyInstanceUID already holds another patient's data",
               "details": {"StudyInstanceUID": STUDY, "reason": "uid_in_use"}}
-STUDY_CAP = 1000  # gateway.workitems.MAX_STUDY_WORKITEMS: more workitems than this for one study fails closed
+STUDY_CAP = 1000  # gateway.worklist.routes.MAX_STUDY_WORKITEMS: more workitems than this for one study fails closed
 
 
 @pytest.fixture(params=PROFILES)

@@ -1,0 +1,1 @@
+"""Who is calling: inbound tokens (JWT, JWKS) turned into a `Caller`, and the patient-scope rule."""

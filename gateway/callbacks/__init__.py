@@ -1,0 +1,1 @@
+"""`/new-exam-callback`: stored new-exam events, their reliable delivery, and Orthanc change-feed detection."""

@@ -1,0 +1,92 @@
+"""Request middleware: request id, one structured access line per request, and request metrics.
+
+A plain ASGI class (not `BaseHTTPMiddleware`) so that streamed bodies pass through untouched and the context
+variables it sets are seen by the endpoint, which runs in the same task.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.edge.context import RequestContext, enter_request, leave_request
+from gateway.ops.metrics import Metrics
+
+log = structlog.get_logger("gateway.access")
+
+# A caller's X-Request-ID is kept only when it is short and plain, so it cannot forge log lines or blow up labels.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def route_template(routes: list[BaseRoute], scope: Scope) -> str:
+    """The path template of the route that handles `scope` (never the raw path: bounded metric labels, no UIDs)."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", UNMATCHED_ROUTE))
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", UNMATCHED_ROUTE))
+    return partial or UNMATCHED_ROUTE
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, routes: list[BaseRoute], metrics: Metrics) -> None:
+        self.app = app
+        self.routes = routes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        context = RequestContext(request_id=request_id)
+        token = enter_request(context)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(self.routes, scope)
+            self.metrics.observe_request(route, scope["method"], status, elapsed)
+            # Route template and status only: the path and query can hold patient IDs (PHI), so they stay out.
+            log.info(
+                "request",
+                method=scope["method"],
+                route=route,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                upstream_ms=round(context.upstream_seconds * 1000, 2),
+                upstream_calls=context.upstream_calls,
+                **context.facts,
+            )
+            log.debug("request_target", path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"))
+            structlog.contextvars.unbind_contextvars("request_id")
+            leave_request(token)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _REQUEST_ID_RE.fullmatch(candidate) else None
+    return None

@@ -1,0 +1,1 @@
+"""`/exams`: patient-scoped search, retrieval and upload (QIDO-RS, WADO-RS, STOW-RS)."""

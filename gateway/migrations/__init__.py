@@ -1,1 +1,0 @@
-"""Alembic migrations of the gateway's store (run by `gateway.db.migrate` at start)."""

@@ -1,0 +1,324 @@
+"""The one client of the upstream PACS: a pooled aiohttp session, opened and closed by the app's lifespan.
+
+All upstream I/O goes through `UpstreamClient`, which
+- builds URLs with the profile's query encoding (Orthanc needs literal `^ * ? , -`, docs/tests.md),
+- authenticates as the gateway (static bearer, Basic or OAuth2 client credentials, `upstream_auth`),
+- maps transport failures to the gateway's errors (`upstream_errors`), and upstream 401/403/5xx to 502,
+- times every exchange for the access log and the metrics.
+
+Why aiohttp and not httpx here: the upstream exchange is on every request's hot path, and on the 2-core machines the
+gateway is sized for, CPU per exchange decides throughput. Measured per QIDO exchange with Orthanc: httpx 0.67-0.95
+ms of CPU, bare httpcore 0.49 ms, aiohttp 0.18 ms. With httpx the QIDO target (70 % of direct at 4 clients) is out of
+reach (docs/decisions.md, docs/benchmarks.md). httpx stays for the low-rate clients (JWKS, OAuth token endpoint)
+and the tests.
+
+Timeouts: connect (including the wait for a pooled connection) and read (between two chunks) are bounded; the whole
+exchange is not, so a large WADO-RS retrieval streams for as long as bytes keep coming.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from gateway.edge.context import add_upstream_time
+from gateway.errors import (
+    UpstreamCredentialsRejected,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.ops.metrics import Metrics
+from gateway.settings import Settings
+from gateway.upstream.auth import UpstreamAuth, upstream_auth
+from gateway.upstream.profiles import DICOM_JSON, UpstreamProfile
+
+# aiohttp's buffer per connection; also the largest chunk a stream hands over at once (fewer, larger chunks cost
+# less CPU per byte relayed).
+_READ_BUFFER = 1024 * 1024
+
+
+@contextmanager
+def upstream_errors(operation: str, metrics: Metrics | None = None) -> Iterator[None]:
+    """Turn transport failures into gateway errors: timeout → 504, connection trouble → 502."""
+    kind = None
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError:
+        kind = "connect_timeout"
+        raise UpstreamTimeout(
+            "the PACS did not accept a connection in time", {"operation": operation, "reason": "ConnectTimeout"}
+        ) from None
+    except (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, TimeoutError):
+        kind = "timeout"
+        raise UpstreamTimeout(
+            "the PACS did not answer in time", {"operation": operation, "reason": "ReadTimeout"}
+        ) from None
+    except aiohttp.ClientConnectorError:
+        kind = "connect"
+        raise UpstreamUnavailable("could not connect to the PACS", {"operation": operation}) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+        kind = "disconnect"
+        raise UpstreamUnavailable(
+            "the PACS closed the connection without a complete answer",
+            {"operation": operation, "reason": type(exc).__name__},
+        ) from None
+    except aiohttp.ClientError as exc:
+        kind = "transport"
+        raise UpstreamUnavailable(
+            "the PACS could not be reached", {"operation": operation, "reason": type(exc).__name__}
+        ) from None
+    finally:
+        if kind is not None and metrics is not None:
+            metrics.count_upstream_error(operation, kind)
+
+
+def check_upstream_status(status: int, operation: str) -> None:
+    """Raise for answers that are the upstream's fault, never the caller's: 401/403 and 5xx become 502.
+
+    Other 4xx answers mean something per endpoint (404: no such study) and are left to the caller.
+    """
+    if status in (401, 403):
+        raise UpstreamCredentialsRejected(
+            "the upstream rejected the gateway's credentials", {"operation": operation, "upstream_status": status}
+        )
+    if status >= 500:
+        raise UpstreamFailed("the PACS failed", {"operation": operation, "upstream_status": status})
+
+
+class UpstreamAnswer:
+    """A small upstream answer, read whole (QIDO, STOW-RS responses, token and JSON documents)."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: CIMultiDictProxy[str], content: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class UpstreamStream:
+    """An upstream answer whose body is streamed; `aclose()` it when done (the body outlives the handler)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, operation: str, metrics: Metrics) -> None:
+        self._response = response
+        self._operation = operation
+        self._metrics = metrics
+        self.status_code = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        with upstream_errors(self._operation, self._metrics):
+            return await self._response.read()
+
+    async def iter_raw(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (chunks of up to 1 MiB), transport failures mapped (504/502)."""
+        with upstream_errors(self._operation, self._metrics):
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        # Releases the connection to the pool when the body was read to the end, closes it otherwise.
+        self._response.release()
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings, profile: UpstreamProfile, metrics: Metrics) -> None:
+        self.profile = profile
+        self.metrics = metrics
+        # Trailing slash so that relative paths ("studies") join under the DICOMweb root.
+        self.base_url = str(settings.pacs_service_url).rstrip("/") + "/"
+        # Orthanc serves DICOMweb at <root>/dicom-web and its native API at <root> (GET /dicom-web/info says so).
+        native = settings.pacs_native_url or str(settings.pacs_service_url).rstrip("/").rsplit("/", 1)[0]
+        self.native_url = str(native).rstrip("/") + "/"
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.pacs_pool_timeout_s + settings.pacs_connect_timeout_s,
+            sock_connect=settings.pacs_connect_timeout_s,
+            sock_read=settings.pacs_read_timeout_s,
+        )
+        self._ready_timeout = aiohttp.ClientTimeout(total=settings.ready_timeout_s)
+        self._max_connections = settings.pacs_max_connections
+        self._keepalive = settings.pacs_keepalive_expiry_s
+        self._auth: UpstreamAuth | None = upstream_auth(settings)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, keepalive_timeout=self._keepalive, use_dns_cache=True, ttl_dns_cache=60
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the PACS's cookies are nobody's business here
+            auto_decompress=False,  # bytes pass through as the PACS sent them
+            read_bufsize=_READ_BUFFER,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._auth is not None:
+            await self._auth.aclose()
+
+    def url(self, path: str, params: Iterable[tuple[str, str]] = ()) -> URL:
+        """The upstream URL of a DICOMweb path, its query encoded the way this upstream needs (kept as is)."""
+        query = self.profile.query_string(params)
+        raw = self.base_url + path.lstrip("/") + (f"?{query}" if query else "")
+        return URL(raw, encoded=True)
+
+    async def _headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        out = dict(headers or {})
+        if self._auth is not None:
+            out["Authorization"] = await self._auth.authorization()
+        return out
+
+    def _opened(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the upstream client is used outside the app's lifespan")
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Iterable[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        time_limit: float | None = None,
+    ) -> UpstreamAnswer:
+        """One upstream exchange with its body read (for small answers: QIDO, JSON). Status checked as above."""
+        session = self._opened()
+        sent = await self._headers(headers)
+        timeout = aiohttp.ClientTimeout(total=time_limit) if time_limit is not None else None
+        started = time.perf_counter()
+        with upstream_errors(operation, self.metrics):
+            async with session.request(method, self.url(path, params), headers=sent, data=content,
+                                       timeout=timeout or self._timeout) as response:
+                body = await response.read()
+        self._record(operation, response.status, started)
+        self._note_rejection(response.status, sent)
+        check_upstream_status(response.status, operation)
+        return UpstreamAnswer(response.status, response.headers, body)
+
+    async def open_stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Iterable[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | AsyncIterator[bytes | memoryview] | None = None,
+    ) -> UpstreamStream:
+        """Send a request and return once the answer's headers are in; the caller streams the body and must
+        `aclose()` the stream (a streamed body outlives the handler, so no context manager fits)."""
+        session = self._opened()
+        sent = await self._headers(headers)
+        started = time.perf_counter()
+        with upstream_errors(operation, self.metrics):
+            response = await session.request(method, self.url(path, params), headers=sent, data=content)
+        self._record(operation, response.status, started)
+        self._note_rejection(response.status, sent)
+        try:
+            check_upstream_status(response.status, operation)
+        except UpstreamError:
+            response.release()
+            raise
+        return UpstreamStream(response, operation, self.metrics)
+
+    async def native_resource(self, kind: str, resource_id: str) -> Any:
+        """Orthanc's JSON description of `/{kind}/{resource_id}` (native API; `gateway.upstream.orthanc`), or
+        None."""
+        return await self.native_json(f"{kind}/{resource_id}")
+
+    async def native_json(self, path: str, operation: str = "native_lookup", *, method: str = "GET",
+                          content: bytes | None = None) -> Any:
+        """The JSON answer of Orthanc's native `{method} /{path}` (`path` already encoded, query included), None on
+        404."""
+        status, body = await self.native_call(method, path, operation=operation, content=content)
+        if status == 404:
+            return None
+        unexpected = UpstreamFailed("the PACS answered a lookup unexpectedly", {"upstream_status": status})
+        if status != 200:
+            raise unexpected
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise unexpected from None
+
+    async def native_call(self, method: str, path: str, *, operation: str, content: bytes | None = None
+                          ) -> tuple[int, bytes]:
+        """Orthanc's native `{method} /{path}` with any answer (`DELETE /instances/{id}`, an attachment's MD5): its
+        status and body. Upstream 401/403/5xx raise as everywhere (`check_upstream_status`)."""
+        session = self._opened()
+        sent = await self._headers({"Accept": "application/json"})
+        started = time.perf_counter()
+        with upstream_errors(operation, self.metrics):
+            async with session.request(method, URL(f"{self.native_url}{path}", encoded=True), headers=sent,
+                                       data=content) as response:
+                body = await response.read()
+        self._record(operation, response.status, started)
+        self._note_rejection(response.status, sent)
+        check_upstream_status(response.status, operation)
+        return response.status, body
+
+    async def native_exists(self, kind: str, resource_id: str) -> bool:
+        return await self.native_resource(kind, resource_id) is not None
+
+    async def native_lookup(self, uid: str) -> list[tuple[str, str]]:
+        """Every resource Orthanc holds under this DICOM UID, at any level, as (Type, Orthanc id) pairs.
+
+        `POST /tools/lookup` with the UID as its body (orthanc.md §3 native REST): an index lookup, cheap whatever the
+        archive's size. Two patients' studies sharing one StudyInstanceUID are two resources here.
+        """
+        found = await self.native_json("tools/lookup", "native_uid_lookup", method="POST", content=uid.encode())
+        if not isinstance(found, list):
+            raise UpstreamFailed("the PACS answered a UID lookup unexpectedly")
+        return [(str(item.get("Type")), str(item.get("ID"))) for item in found if isinstance(item, dict)]
+
+    async def readiness(self) -> str | None:
+        """None when the upstream answers a cheap DICOMweb query; otherwise why not (for `/-/ready`)."""
+        try:
+            answer = await self.request(
+                "GET", self.profile.readiness_path, operation="ready",
+                headers={"Accept": DICOM_JSON}, time_limit=self._ready_timeout.total,
+            )
+        except UpstreamError as exc:
+            return exc.message
+        if answer.status_code != 200:
+            return f"the PACS answered a DICOMweb search with status {answer.status_code}"
+        return None
+
+    def _note_rejection(self, status: int, sent: Mapping[str, str]) -> None:
+        if status == 401 and self._auth is not None:
+            self._auth.rejected(sent.get("Authorization", ""))
+
+    def _record(self, operation: str, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        add_upstream_time(elapsed)
+        self.metrics.observe_upstream(operation, status, elapsed)
+

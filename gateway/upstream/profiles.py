@@ -1,0 +1,114 @@
+"""What differs between upstream PACS: one profile object per upstream, chosen by `PACS_PROFILE`.
+
+Routes never test which PACS they talk to; they ask the profile. Facts come from measurements against the real
+servers (Orthanc 1.10; the quirks are listed in docs/tests.md) and from the vendors' conformance statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from gateway.settings import PacsProfileName
+
+# Media types as the upstream must receive them (PS3.18 §8.7.3). Orthanc matches Accept literally: no lists, no
+# q-values, no `image/*` (orthanc.md §3 WADO-RS), so the gateway always sends exactly one of these.
+DICOM_JSON = "application/dicom+json"
+# PS3.18 §8.7.3.5.2: without `transfer-syntax=*` a server may transcode to Explicit VR Little Endian; with it, the
+# stored bytes come back as they are (what a download must return).
+MULTIPART_DICOM_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+JPEG = "image/jpeg"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamProfile:
+    name: PacsProfileName
+    # Characters sent literally in query values. RFC 3986 lets a server decode percent-escapes, and standard servers
+    # do; Orthanc does not decode query values at all (measured, docs/tests.md), so QIDO wildcards (`*`, `?`), PN
+    # separators (`^`), lists (`,`) and date ranges (`-`) must reach it unescaped or they match nothing.
+    literal_query_chars: str
+    # PS3.18 §8.3.4: includefield may be repeated or comma-separated. Orthanc only understands the repeated form.
+    repeat_includefield: bool
+    supports_ups: bool
+    # Orthanc answers a STOW-RS of an instance it already has with success and keeps the old copy (orthanc.md §3
+    # STOW-RS); others answer 409 or warning 0111. When True the gateway looks for duplicates itself.
+    silently_accepts_duplicates: bool = False
+    # Orthanc cannot match a value holding a space or any character that must be percent-encoded (it does not
+    # decode). Such characters are sent as the one-character wildcard `?`; the exact filter on the answer then
+    # removes anything the wildcard let through.
+    wildcard_unsendable: bool = False
+    # Whether the upstream matches a PatientID exactly (PS3.4 §C.2.2.2.1: single value matching of LO is
+    # case-sensitive). Orthanc's QIDO is case-insensitive unless "QidoCaseSensitive" is set, and the `?` sent for
+    # unsendable characters widens too, so for it pages are cut by the gateway after its exact filter.
+    exact_matching: bool = True
+    # Orthanc: existence checks by computed resource id on its native API (`gateway.upstream.orthanc`), O(1) and exact.
+    orthanc_native_ids: bool = False
+    # Whether the gateway can remove an instance it stored (Orthanc: native `POST /tools/lookup` with the SOP
+    # Instance UID, then `DELETE /instances/{id}`; DICOMweb has no delete). Used when the PACS
+    # filed an upload under another PatientID than the gateway checked (`gateway.exams.readback`).
+    deletes_instances_natively: bool = False
+    # A cheap DICOMweb request that proves the upstream answers (readiness).
+    readiness_path: str = "studies?limit=1"
+
+    def exact_value(self, value: str) -> str:
+        """A value to match exactly, as this upstream can receive it (see `wildcard_unsendable`)."""
+        if not self.wildcard_unsendable:
+            return value
+        literal = _UNRESERVED.union(self.literal_query_chars)
+        # A space, or an ASCII character that would need escaping, stands for one character: `?`. Orthanc drops
+        # non-ASCII characters when it normalises identifiers, so a run of them may stand for none: `*`.
+        out: list[str] = []
+        for c in value:
+            if c in literal:
+                out.append(c)
+            elif c.isascii():
+                out.append("?")
+            elif not out or out[-1] != "*":
+                out.append("*")
+        return "".join(out)
+
+    def query_string(self, params: Iterable[tuple[str, str]]) -> str:
+        """Encode query parameters for this upstream, keeping its literal characters unescaped."""
+        pairs: list[tuple[str, str]] = []
+        includefields: list[str] = []
+        for key, value in params:
+            if key == "includefield":
+                includefields.extend(v for v in value.split(",") if v)
+            else:
+                pairs.append((key, value))
+        if self.repeat_includefield:
+            pairs.extend(("includefield", field) for field in includefields)
+        elif includefields:
+            pairs.append(("includefield", ",".join(includefields)))
+        safe = self.literal_query_chars
+        return "&".join(f"{quote(k, safe='')}={quote(v, safe=safe)}" for k, v in pairs)
+
+
+PROFILES: dict[PacsProfileName, UpstreamProfile] = {
+    PacsProfileName.ORTHANC: UpstreamProfile(
+        name=PacsProfileName.ORTHANC,
+        literal_query_chars="^*?,-.",
+        repeat_includefield=True,
+        supports_ups=False,  # orthanc-dicomweb 1.7: /workitems answers 404 "Unknown resource"
+        silently_accepts_duplicates=True,
+        wildcard_unsendable=True,
+        exact_matching=False,
+        orthanc_native_ids=True,
+        deletes_instances_natively=True,
+    ),
+    PacsProfileName.AZURE: UpstreamProfile(
+        name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+    ),
+    PacsProfileName.DCM4CHEE: UpstreamProfile(
+        name=PacsProfileName.DCM4CHEE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+    ),
+    PacsProfileName.STANDARD: UpstreamProfile(
+        name=PacsProfileName.STANDARD, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+    ),
+}
+
+
+def profile_for(name: PacsProfileName) -> UpstreamProfile:
+    return PROFILES[name]

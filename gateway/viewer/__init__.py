@@ -1,0 +1,1 @@
+"""`/token` and `/dicomweb`: viewer tokens and the token-scoped DICOMweb endpoint."""
