@@ -6,8 +6,10 @@ servers (Orthanc 1.10; the quirks are listed in docs/tests.md) and from the vend
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from gateway.settings import PacsProfileName
@@ -23,6 +25,23 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 
 @dataclass(frozen=True, slots=True)
+class UpsDialect:
+    """What differs between UPS-RS servers (as documented; docs/api/worklist.md#dialects), for the gateway's calls."""
+
+    name: str
+    bare_uid_query: bool  # create: `?{uid}` (Microsoft) instead of `?workitem={uid}`
+    array_bodies: bool  # bodies are a JSON array of one dataset
+    sop_uids_in_body: bool  # create: SOPClassUID and SOPInstanceUID in the body (dcm4chee refuses them)
+    needs_requester: bool  # cancel request: `?requester={AET}` is mandatory
+
+    def create_path(self, uid: str) -> str:
+        return f"workitems?{uid}" if self.bare_uid_query else f"workitems?workitem={uid}"
+
+    def body(self, dataset: dict[str, Any]) -> bytes:
+        return json.dumps([dataset] if self.array_bodies else dataset).encode()
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamProfile:
     name: PacsProfileName
     # Characters sent literally in query values. RFC 3986 lets a server decode percent-escapes, and standard servers
@@ -31,7 +50,8 @@ class UpstreamProfile:
     literal_query_chars: str
     # PS3.18 §8.3.4: includefield may be repeated or comma-separated. Orthanc only understands the repeated form.
     repeat_includefield: bool
-    supports_ups: bool
+    # The upstream's UPS-RS worklist dialect, or None when it has no worklist.
+    ups: UpsDialect | None
     # Orthanc answers a STOW-RS of an instance it already has with success and keeps the old copy (orthanc.md §3
     # STOW-RS); others answer 409 or warning 0111. When True the gateway looks for duplicates itself.
     silently_accepts_duplicates: bool = False
@@ -91,7 +111,7 @@ PROFILES: dict[PacsProfileName, UpstreamProfile] = {
         name=PacsProfileName.ORTHANC,
         literal_query_chars="^*?,-.",
         repeat_includefield=True,
-        supports_ups=False,  # orthanc-dicomweb 1.7: /workitems answers 404 "Unknown resource"
+        ups=None,  # orthanc-dicomweb 1.7: /workitems answers 404 "Unknown resource"
         silently_accepts_duplicates=True,
         wildcard_unsendable=True,
         exact_matching=False,
@@ -99,13 +119,18 @@ PROFILES: dict[PacsProfileName, UpstreamProfile] = {
         deletes_instances_natively=True,
     ),
     PacsProfileName.AZURE: UpstreamProfile(
-        name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+        name=PacsProfileName.AZURE, literal_query_chars="-.,*", repeat_includefield=True,
+        ups=UpsDialect("azure", bare_uid_query=True, array_bodies=True, sop_uids_in_body=True, needs_requester=False),
     ),
     PacsProfileName.DCM4CHEE: UpstreamProfile(
-        name=PacsProfileName.DCM4CHEE, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+        name=PacsProfileName.DCM4CHEE, literal_query_chars="-.,*", repeat_includefield=True,
+        ups=UpsDialect("dcm4chee", bare_uid_query=False, array_bodies=False, sop_uids_in_body=False,
+                       needs_requester=True),
     ),
     PacsProfileName.STANDARD: UpstreamProfile(
-        name=PacsProfileName.STANDARD, literal_query_chars="-.,*", repeat_includefield=True, supports_ups=True
+        name=PacsProfileName.STANDARD, literal_query_chars="-.,*", repeat_includefield=True,
+        ups=UpsDialect("standard", bare_uid_query=False, array_bodies=True, sop_uids_in_body=True,
+                       needs_requester=False),
     ),
 }
 

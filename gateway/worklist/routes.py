@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -67,9 +66,10 @@ from gateway.errors import (
     UnprocessableContent,
     UpstreamFailed,
 )
-from gateway.settings import PacsProfileName, Settings
+from gateway.settings import Settings
 from gateway.upstream.client import UpstreamAnswer, UpstreamClient
 from gateway.upstream.ownership import Ownership, Resource
+from gateway.upstream.profiles import PROFILES, UpsDialect
 from gateway.worklist.fields import date_range, parse_workitem
 from gateway.worklist.mwl import mwl_workitem
 from gateway.worklist.ups import Dataset, build_create, element
@@ -106,31 +106,6 @@ SEARCH_KEYS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    """What differs between UPS-RS servers (as documented; docs/api/worklist.md#dialects), for the gateway's calls."""
-
-    name: str
-    bare_uid_query: bool  # create: `?{uid}` (Microsoft) instead of `?workitem={uid}`
-    array_bodies: bool  # bodies are a JSON array of one dataset
-    sop_uids_in_body: bool  # create: SOPClassUID and SOPInstanceUID in the body (dcm4chee refuses them)
-    needs_requester: bool  # cancel request: `?requester={AET}` is mandatory
-
-    def create_path(self, uid: str) -> str:
-        return f"workitems?{uid}" if self.bare_uid_query else f"workitems?workitem={uid}"
-
-    def body(self, dataset: Dataset) -> bytes:
-        return json.dumps([dataset] if self.array_bodies else dataset).encode()
-
-
-DIALECTS = {
-    PacsProfileName.AZURE: Dialect("azure", bare_uid_query=True, array_bodies=True, sop_uids_in_body=True,
-                                   needs_requester=False),
-    PacsProfileName.DCM4CHEE: Dialect("dcm4chee", bare_uid_query=False, array_bodies=False, sop_uids_in_body=False,
-                                      needs_requester=True),
-    PacsProfileName.STANDARD: Dialect("standard", bare_uid_query=False, array_bodies=True, sop_uids_in_body=True,
-                                      needs_requester=False),
-}
 
 
 def _first(dataset: Dataset, tag: str) -> str:
@@ -191,15 +166,15 @@ class Worklist:
         self._ownership = Ownership(upstream)
         self._uids = uids
         self._settings = settings
-        self._dialect = DIALECTS.get(settings.pacs_profile)
+        self._dialect = upstream.profile.ups
 
-    def _require_ups(self) -> Dialect:
+    def _require_ups(self) -> UpsDialect:
         if self._dialect is None:
             raise NotImplementedByUpstream(
                 f"the PACS profile '{self._settings.pacs_profile.value}' has no UPS-RS worklist: set PACS_PROFILE to "
                 "azure, dcm4chee or standard for a PACS that offers one",
                 {"setting": "PACS_PROFILE", "value": self._settings.pacs_profile.value,
-                 "supported": [name.value for name in DIALECTS]},
+                 "supported": [name.value for name, profile in PROFILES.items() if profile.ups]},
             )
         return self._dialect
 
@@ -384,7 +359,7 @@ class Worklist:
             await self._cancel_one(dialect, _first(dataset, SOP_INSTANCE_UID), study_uid)
         return Response(status_code=204)
 
-    async def _cancel_one(self, dialect: Dialect, uid: str, study_uid: str) -> None:
+    async def _cancel_one(self, dialect: UpsDialect, uid: str, study_uid: str) -> None:
         params = [("requester", self._settings.pacs_requester_aet)] if dialect.needs_requester else []
         reason = {REASON_FOR_CANCELLATION: element("LT", "Cancelled by a user through dicom-gateway")}
         answer = await self._upstream.request(
