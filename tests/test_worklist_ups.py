@@ -11,23 +11,12 @@ import pytest
 
 from gateway.worklist.fields import FIELDS, parse_workitem
 from gateway.worklist.ups import build_create, read_workitem
+from tests.test_workitems import EVERY_FIELD as ROUTE_EVERY_FIELD
+from tests.test_workitems import SEED
 from tests.ups_simulator import PROFILES, UpsSimulator, new_uid
 
-SEED = {
-    "PatientID": "SDJ38WMD1MS01", "PatientName": "MARIO^ROSSI", "ScheduledStationAETitle": "NGV",
-    "ScheduledProcedureStepStartDate": "20000101", "ScheduledProcedureStepStartTime": "120000",
-    "ScheduledProcedureStepDescription": "Tac", "Modality": "CT", "AccessionNumber": "NDS83JF784N209D2",
-}
-EVERY_FIELD = {
-    **SEED, "StudyInstanceUID": "1.2.3.4.5",
-    "ScheduledPerformingPhysiciansName": "VERDI^ANNA", "ScheduledProcedureStepID": "SPS1",
-    "RequestedProcedureDescription": "CT head", "RequestedProcedureID": "RP1",
-    "RequestingPhysician": "BIANCHI^LUCA", "ReferringPhysicianName": "NERI^PAOLO", "AdmissionID": "ADM1",
-    "CurrentPatientLocation": "Ward 3", "PatientBirthDate": "19800229", "PatientSex": "F",
-    "ConfidentialityConstraintOnPatientDataDescription": "none", "PatientState": "stable", "PregnancyStatus": 4,
-    "MedicalAlerts": "none known", "PlacerOrderNumberImagingServiceRequest": "PO1", "ServiceEpisodeID": "EP1",
-    "ScheduledStationName": "CT room 1",
-}
+# The same workitems as the route tests (tests/test_workitems.py), with a fixed StudyInstanceUID here.
+EVERY_FIELD = {**ROUTE_EVERY_FIELD, "StudyInstanceUID": "1.2.3.4.5"}
 
 
 async def create(profile: str, body: dict[str, object], uid: str) -> httpx.Response:
