@@ -103,7 +103,8 @@ async def test_the_same_event_twice_is_stored_once(database_url: str) -> None:
 async def test_retries_back_off_and_a_dead_receiver_does_not_hold_up_the_others(database_url: str) -> None:
     flaky, dead, fine = Receiver(fail_first=5), Receiver(hang_s=5), Receiver()
     with receivers(flaky, dead, fine) as subs:
-        async with gateway(database_url, subs, callback_max_attempts="8") as client:
+        # A long lease: a retry that waited for the lease to run out would show as a gap of 10 s.
+        async with gateway(database_url, subs, callback_max_attempts="8", callback_lease_s="10") as client:
             started = time.monotonic()
             events = [(await post(client, event(n))).headers["x-event-id"] for n in range(5)]
             await wait_until(lambda: all(fine.of(e) for e in events), timeout=10)
@@ -113,9 +114,12 @@ async def test_retries_back_off_and_a_dead_receiver_does_not_hold_up_the_others(
                 attempts = flaky.of(e)
                 assert [d.attempt for d in attempts] == [1, 2, 3, 4, 5, 6]
                 gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
-                for n, gap in enumerate(gaps, start=1):  # backoff: between half and all of min(0.4, 0.1 * 2^(n-1))
+                # Backoff: between half and all of min(0.4, 0.1 * 2^(n-1)). Never early, however loaded the
+                # machine; late by at most 2 s (a loaded CI runner stalled one retry by 0.9 s). The cap and the
+                # jitter's spread are measured exactly on DeliveryPolicy in test_pure_modules.
+                for n, gap in enumerate(gaps, start=1):
                     ceiling = min(0.4, 0.1 * 2 ** (n - 1))
-                    assert ceiling / 2 - 0.05 <= gap <= ceiling + 0.6, (n, gap)
+                    assert ceiling / 2 - 0.05 <= gap <= ceiling + 2.0, (n, gap)
 
             def dead_failed() -> bool:
                 return all(len(dead.of(e)) == 8 for e in events)
