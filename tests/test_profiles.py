@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from gateway.dicom.media import DICOM_JSON
 from gateway.ops.metrics import Metrics
 from gateway.settings import PacsProfileName
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.profiles import DICOM_JSON, profile_for
+from gateway.upstream.profiles import profile_for
 from tests.conftest import make_settings
 
 

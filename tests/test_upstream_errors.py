@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.dicom.media import DICOM_JSON
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.profiles import DICOM_JSON
 from tests.conftest import make_settings, running
 from tests.orthanc import Orthanc
 from tests.servers import raw_tcp_server, serve

@@ -5,22 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-# Tags the gateway reads or writes, as they appear in DICOM JSON.
-PATIENT_ID = "00100020"
-ACCESSION_NUMBER = "00080050"
-STUDY_UID = "0020000D"
-SERIES_UID = "0020000E"
-SOP_INSTANCE_UID = "00080018"
-SOP_CLASS_UID = "00080016"
-ROWS = "00280010"
-COLUMNS = "00280011"
-RETRIEVE_URL = "00081190"
-FAILED_SOP_SEQUENCE = "00081198"
-REFERENCED_SOP_SEQUENCE = "00081199"
-REFERENCED_SOP_CLASS_UID = "00081150"
-REFERENCED_SOP_INSTANCE_UID = "00081155"
-FAILURE_REASON = "00081197"
-
 
 class DicomJson:
     """One DICOM JSON dataset: `{"00100020": {"vr": "LO", "Value": ["..."]}, ...}`."""

@@ -21,18 +21,13 @@ from typing import Protocol
 
 import structlog
 
-from gateway.dicom.dicomjson import (
-    PATIENT_ID,
-    REFERENCED_SOP_INSTANCE_UID,
-    REFERENCED_SOP_SEQUENCE,
-    SOP_INSTANCE_UID,
-    DicomJson,
-)
+from gateway.dicom.dicomjson import DicomJson
+from gateway.dicom.media import DICOM_JSON
 from gateway.dicom.part10 import InstanceHeader
+from gateway.dicom.tags import PATIENT_ID, REFERENCED_SOP_INSTANCE_UID, REFERENCED_SOP_SEQUENCE, SOP_INSTANCE_UID
 from gateway.errors import UpstreamFailed
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.orthanc import orthanc_id
-from gateway.upstream.profiles import DICOM_JSON
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth.callers import Authenticator, Caller, Handler, Role, guarded
 from gateway.auth.scope import EXAMS_ROLES, require_patient_access
-from gateway.dicom.dicomjson import (
+from gateway.dicom.dicomjson import DicomJson
+from gateway.dicom.media import JPEG, MULTIPART_DICOM_AS_STORED
+from gateway.dicom.part10 import PatientIdProbe
+from gateway.dicom.tags import (
     ACCESSION_NUMBER,
     COLUMNS,
     PATIENT_ID,
@@ -32,9 +35,7 @@ from gateway.dicom.dicomjson import (
     SERIES_UID,
     SOP_INSTANCE_UID,
     STUDY_UID,
-    DicomJson,
 )
-from gateway.dicom.part10 import PatientIdProbe
 from gateway.edge.multipart import MultipartError, SinglePartReader, boundary_of
 from gateway.edge.params import (
     PATIENT_ID_SPELLINGS,
@@ -52,7 +53,6 @@ from gateway.exams.links import ExamLinks
 from gateway.exams.uploads import ExamUploads
 from gateway.upstream.client import UpstreamClient, UpstreamStream
 from gateway.upstream.ownership import Ownership, Resource
-from gateway.upstream.profiles import JPEG, MULTIPART_DICOM_AS_STORED
 
 log = structlog.get_logger(__name__)
 

@@ -26,16 +26,8 @@ from starlette.types import Message, Receive
 
 from gateway.auth.callers import Caller, Role
 from gateway.auth.scope import require_patient_access
-from gateway.dicom.dicomjson import (
-    FAILED_SOP_SEQUENCE,
-    FAILURE_REASON,
-    REFERENCED_SOP_CLASS_UID,
-    REFERENCED_SOP_INSTANCE_UID,
-    REFERENCED_SOP_SEQUENCE,
-    RETRIEVE_URL,
-    SOP_INSTANCE_UID,
-    DicomJson,
-)
+from gateway.dicom.dicomjson import DicomJson
+from gateway.dicom.media import DICOM_JSON
 from gateway.dicom.part10 import (
     PREAMBLE_LENGTH,
     ZERO_PREAMBLE,
@@ -44,6 +36,15 @@ from gateway.dicom.part10 import (
     check_file_structure,
     read_header,
     read_header_data,
+)
+from gateway.dicom.tags import (
+    FAILED_SOP_SEQUENCE,
+    FAILURE_REASON,
+    REFERENCED_SOP_CLASS_UID,
+    REFERENCED_SOP_INSTANCE_UID,
+    REFERENCED_SOP_SEQUENCE,
+    RETRIEVE_URL,
+    SOP_INSTANCE_UID,
 )
 from gateway.edge.context import note
 from gateway.edge.formdata import SMALL_BODY, FormField, split_form
@@ -54,7 +55,6 @@ from gateway.exams.readback import verify_filed_patient
 from gateway.upstream.client import UpstreamClient, UpstreamStream
 from gateway.upstream.orthanc import orthanc_id
 from gateway.upstream.ownership import Ownership, Resource
-from gateway.upstream.profiles import DICOM_JSON
 
 log = structlog.get_logger(__name__)
 

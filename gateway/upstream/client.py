@@ -29,6 +29,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from gateway.dicom.media import DICOM_JSON
 from gateway.edge.context import add_upstream_time
 from gateway.errors import (
     UpstreamCredentialsRejected,
@@ -40,7 +41,7 @@ from gateway.errors import (
 from gateway.ops.metrics import Metrics
 from gateway.settings import Settings
 from gateway.upstream.auth import UpstreamAuth, upstream_auth
-from gateway.upstream.profiles import DICOM_JSON, UpstreamProfile
+from gateway.upstream.profiles import UpstreamProfile
 
 # aiohttp's buffer per connection; also the largest chunk a stream hands over at once (fewer, larger chunks cost
 # less CPU per byte relayed).

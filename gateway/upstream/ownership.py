@@ -20,11 +20,12 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.dicom.dicomjson import PATIENT_ID, SERIES_UID, SOP_INSTANCE_UID, STUDY_UID, DicomJson
+from gateway.dicom.dicomjson import DicomJson
+from gateway.dicom.media import DICOM_JSON
+from gateway.dicom.tags import PATIENT_ID, SERIES_UID, SOP_INSTANCE_UID, STUDY_UID
 from gateway.errors import UpstreamFailed
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.orthanc import orthanc_id
-from gateway.upstream.profiles import DICOM_JSON
 
 _PAGE = 20  # items per ownership query: more copies of one UID than this is treated as shared (fail closed)
 _UIDS_PER_QUERY = 40  # keeps the URL of a UID-list query under ~3 KB

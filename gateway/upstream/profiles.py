@@ -14,13 +14,6 @@ from urllib.parse import quote
 
 from gateway.settings import PacsProfileName
 
-# Media types as the upstream must receive them (PS3.18 §8.7.3). Orthanc matches Accept literally: no lists, no
-# q-values, no `image/*` (orthanc.md §3 WADO-RS), so the gateway always sends exactly one of these.
-DICOM_JSON = "application/dicom+json"
-# PS3.18 §8.7.3.5.2: without `transfer-syntax=*` a server may transcode to Explicit VR Little Endian; with it, the
-# stored bytes come back as they are (what a download must return).
-MULTIPART_DICOM_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-JPEG = "image/jpeg"
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 

@@ -26,6 +26,8 @@ from starlette.routing import Route
 
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.dicom.dicomjson import DicomJson
+from gateway.dicom.media import DICOM_JSON, JPEG, MULTIPART_DICOM_AS_STORED, MULTIPART_OCTET, PNG
+from gateway.dicom.tags import PATIENT_ID, RETRIEVE_URL, STUDY_UID
 from gateway.dicom.uid import is_valid_uid
 from gateway.edge.accept import MAX_ACCEPT_BYTES, AcceptTooLong, MediaType, acceptable, ranges
 from gateway.edge.multipart import MultipartError, PartReader, boundary_of
@@ -46,15 +48,10 @@ from gateway.exams.uploads import ExamUploads, FilePart
 from gateway.settings import Settings
 from gateway.upstream.client import UpstreamClient, UpstreamStream
 from gateway.upstream.ownership import Resource
-from gateway.upstream.profiles import DICOM_JSON, JPEG
 from gateway.viewer.query import parse_qido, rendering_params, uid_list
 from gateway.viewer.scoped_parts import ScopedParts
 from gateway.viewer.tokens import ViewerGrant, ViewerRole, ViewerTokens
 
-STUDY_UID, PATIENT_ID, RETRIEVE_URL = "0020000D", "00100020", "00081190"
-DICOM_MULTIPART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-OCTET_MULTIPART = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-PNG = "image/png"
 CROSS_ORIGIN = {"Cross-Origin-Resource-Policy": "cross-origin"}
 _FRAMES = re.compile(r"[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,999}")
 _BULK = re.compile(r"[0-9A-Fa-f]{8}(/[0-9A-Fa-f]{8}|/[0-9]{1,6})*")
@@ -197,9 +194,9 @@ class DicomWeb:
                                      rendering_params(request.query_params),
                                      extra=CROSS_ORIGIN)
         if kind == "frames":
-            return await self._relay("GET", path, "dicomweb_frames", _multipart_accept(request, OCTET_MULTIPART), [])
+            return await self._relay("GET", path, "dicomweb_frames", _multipart_accept(request, MULTIPART_OCTET), [])
         if kind == "bulk":
-            return await self._relay("GET", path, "dicomweb_bulk", OCTET_MULTIPART, [], extra=CROSS_ORIGIN)
+            return await self._relay("GET", path, "dicomweb_bulk", MULTIPART_OCTET, [], extra=CROSS_ORIGIN)
         return await self._retrieve(path, access, single=target.instance is not None and _wants_single_part(request))
 
     # -- POST: STOW-RS ---------------------------------------------------------------------------------------------
@@ -338,8 +335,8 @@ class DicomWeb:
     async def _retrieve(self, path: str, access: Access, *, single: bool) -> Response:
         """WADO-RS of a study, series or instance; for a scoped caller only the parts that are its patient's files.
         `single`: the client asked for one `application/dicom` body (Orthanc only sends multipart: it is unwrapped)."""
-        upstream = await self._upstream.open_stream("GET", path, operation="dicomweb_retrieve",
-                                                    headers={"Accept": DICOM_MULTIPART, "Forwarded": self._forwarded})
+        headers = {"Accept": MULTIPART_DICOM_AS_STORED, "Forwarded": self._forwarded}
+        upstream = await self._upstream.open_stream("GET", path, operation="dicomweb_retrieve", headers=headers)
         await _expect(upstream, path)
         if access.patient is None and not single:
             return self._relayed(upstream)

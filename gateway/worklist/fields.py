@@ -27,16 +27,18 @@ from pydicom.datadict import dictionary_description
 
 from gateway.dicom import vr
 from gateway.dicom.identifiers import PATIENT_ID_MAX, IdentifierError, exact_identifier
+from gateway.dicom.tags import (
+    HUMAN_PERFORMERS,
+    REFERENCED_REQUEST,
+    SCHEDULED_STEP,
+    STATION_CLASS_CODE,
+    STATION_NAME_CODE,
+    WORKITEM_CODE,
+)
 from gateway.errors import BadRequest
 
 # UPS sequences whose single item gathers several fields.
-REFERENCED_REQUEST = "0040A370"  # Referenced Request Sequence
-STATION_NAME_CODE = "00404025"  # Scheduled Station Name Code Sequence
-STATION_CLASS_CODE = "00404026"  # Scheduled Station Class Code Sequence
-WORKITEM_CODE = "00404018"  # Scheduled Workitem Code Sequence
-HUMAN_PERFORMERS = "00404034"  # Scheduled Human Performers Sequence
 # MWL: the Scheduled Procedure Step Sequence, whose single item holds the step's fields (PS3.4 Table K.6-1).
-SCHEDULED_STEP = "00400100"
 # Private coding scheme for codes the gateway makes up (PS3.16 §8.2: "99" prefix for local schemes).
 LOCAL_SCHEME = "99DCMGW"
 

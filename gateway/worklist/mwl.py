@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.worklist.fields import FIELDS, SCHEDULED_STEP
+from gateway.dicom.tags import PROCEDURE_STEP_STATE, SCHEDULED_STEP, SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET
+from gateway.worklist.fields import FIELDS
 from gateway.worklist.ups import Dataset, read_workitem, values
 
-SPECIFIC_CHARACTER_SET = "00080005"
 UTF8 = "ISO_IR 192"  # PS3.3 C.12.1.1.2: Unicode in UTF-8
-SOP_INSTANCE_UID = "00080018"
-PROCEDURE_STEP_STATE = "00741000"
 
 
 def _element(vr: str, found: list[Any]) -> dict[str, Any]:

@@ -47,6 +47,15 @@ from starlette.routing import Route
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.auth.scope import EXAMS_ROLES, require_patient_access
 from gateway.dicom.identifiers import IdentifierError, exact_identifier
+from gateway.dicom.media import DICOM_JSON
+from gateway.dicom.tags import (
+    PATIENT_ID,
+    PROCEDURE_STEP_STATE,
+    REASON_FOR_CANCELLATION,
+    REFERENCED_REQUEST,
+    SOP_INSTANCE_UID,
+    STUDY_UID,
+)
 from gateway.dicom.uid import UidGenerator, is_valid_uid
 from gateway.dicom.vr import VrError
 from gateway.edge.bodies import read_json
@@ -75,7 +84,6 @@ from gateway.worklist.mwl import mwl_workitem
 from gateway.worklist.ups import Dataset, build_create, element
 from gateway.worklist.ups import values as element_values
 
-DICOM_JSON = "application/dicom+json"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a workitem is a few KB; room for a client's oversized field to get its 400
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 100
@@ -87,13 +95,6 @@ MAX_STUDY_PAGES = 5
 MAX_STUDY_WORKITEMS = MAX_STUDY_PAGES * MAX_LIMIT
 UPS_SOP_CLASS_UID = "1.2.840.10008.5.1.4.34.6.1"  # Unified Procedure Step - Push SOP Class
 
-SOP_CLASS_UID = "00080016"
-SOP_INSTANCE_UID = "00080018"
-PATIENT_ID = "00100020"
-STUDY_INSTANCE_UID = "0020000D"
-REFERENCED_REQUEST = "0040A370"
-PROCEDURE_STEP_STATE = "00741000"
-REASON_FOR_CANCELLATION = "00741238"
 STATES = ("SCHEDULED", "IN PROGRESS", "CANCELED", "COMPLETED")
 ACTIVE = frozenset({"SCHEDULED", "IN PROGRESS"})  # the states that hold a study: 409 on a new workitem for it
 HIDDEN = "CANCELED"  # removed, as far as clients are concerned
@@ -131,7 +132,7 @@ def _of_study(dataset: Dataset, study_uid: str) -> bool:
     """Whether a workitem is for this study: at top level or in a Referenced Request Sequence item, where the
     dialects look when they match StudyInstanceUID (dcm4chee and PS3.18 servers both; Microsoft's the top level)."""
     requests = [item for item in element_values(dataset, REFERENCED_REQUEST) if isinstance(item, dict)]
-    return any(_first(holder, STUDY_INSTANCE_UID) == study_uid for holder in (dataset, *requests))
+    return any(_first(holder, STUDY_UID) == study_uid for holder in (dataset, *requests))
 
 
 def _uid_in_use(study_uid: str) -> Conflict:

@@ -19,23 +19,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.worklist.fields import (
-    FIELDS,
+from gateway.dicom.tags import (
+    CODE_MEANING,
+    CODE_VALUE,
+    CODING_SCHEME,
     HUMAN_PERFORMERS,
-    LOCAL_SCHEME,
+    PROCEDURE_STEP_LABEL,
     REFERENCED_REQUEST,
+    START_DATETIME,
     STATION_CLASS_CODE,
     STATION_NAME_CODE,
+    STUDY_UID,
     WORKITEM_CODE,
 )
+from gateway.worklist.fields import FIELDS, LOCAL_SCHEME
 
 Dataset = dict[str, Any]
 
-START_DATETIME = "00404005"  # Scheduled Procedure Step Start DateTime (DT)
-STUDY_INSTANCE_UID = "0020000D"
-CODE_VALUE = "00080100"
-CODING_SCHEME = "00080102"
-CODE_MEANING = "00080104"
 
 # Table CC.2.5-3 Type 2 attributes of a UPS create, present (empty when unknown) for standard and azure upstreams.
 TYPE2_TOP = {
@@ -70,10 +70,9 @@ TYPE2_REQUEST_ITEM = {
     "00321060": "LO",  # Requested Procedure Description
     "00321064": "SQ",  # Requested Procedure Code Sequence
 }
-PROCEDURE_STEP_LABEL = "00741204"
 # Fields copied unchanged into one top-level element, and those in the Referenced Request Sequence item.
 _PLAIN = tuple(field for field in FIELDS if len(field.path) == 1
-               and field.path[0] not in (START_DATETIME, STUDY_INSTANCE_UID, PROCEDURE_STEP_LABEL))
+               and field.path[0] not in (START_DATETIME, STUDY_UID, PROCEDURE_STEP_LABEL))
 _IN_REQUEST = tuple(field for field in FIELDS if field.path[0] == REFERENCED_REQUEST)
 _DT = re.compile(r"(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?")
 
@@ -101,7 +100,7 @@ def build_create(values: dict[str, Any], *, dialect: str, study_uid: str, priori
                                 + values["ScheduledProcedureStepStartTime"]),
         "00404041": element("CS", input_readiness),
         "00741000": element("CS", "SCHEDULED"),
-        STUDY_INSTANCE_UID: element("UI", study_uid),
+        STUDY_UID: element("UI", study_uid),
         STATION_NAME_CODE: element("SQ", _code(aet, LOCAL_SCHEME, values.get("ScheduledStationName", aet))),
         STATION_CLASS_CODE: element("SQ", _code(values["Modality"], "DCM", values["Modality"])),
     }
@@ -110,7 +109,7 @@ def build_create(values: dict[str, Any], *, dialect: str, study_uid: str, priori
     for field in _PLAIN:
         if field.name in values:
             ups[field.path[0]] = element(field.vr, values[field.name])
-    request: Dataset = {STUDY_INSTANCE_UID: element("UI", study_uid)}
+    request: Dataset = {STUDY_UID: element("UI", study_uid)}
     for field in _IN_REQUEST:
         if field.name in values:
             request[field.path[1]] = element(field.vr, values[field.name])
@@ -170,8 +169,8 @@ def read_workitem(ups: Dataset) -> dict[str, list[Any]]:
         if field.path[0] in (STATION_NAME_CODE, STATION_CLASS_CODE, WORKITEM_CODE, START_DATETIME):
             continue  # below
         read[field.name] = values(holder, field.path[-1])
-    read["StudyInstanceUID"] = (values(ups, STUDY_INSTANCE_UID)
-                                or values(_item(ups, REFERENCED_REQUEST), STUDY_INSTANCE_UID))
+    read["StudyInstanceUID"] = (values(ups, STUDY_UID)
+                                or values(_item(ups, REFERENCED_REQUEST), STUDY_UID))
     start = _DT.fullmatch(text(ups, START_DATETIME))
     if start is not None:
         read["ScheduledProcedureStepStartDate"] = [start.group(1)]
