@@ -1,6 +1,7 @@
 """dicom-gateway: a small, safe API gateway in front of a DICOMweb PACS.
 
-`app.create_app` wires the parts below into one Starlette app (docs/architecture.md):
+`components.build` turns settings into the parts below, `app.create_app` wires them into one Starlette app and
+`lifespan` opens and closes them (docs/architecture.md):
 
 - `edge`: HTTP limits, request context and access log, query parameters, body intake, content negotiation;
 - `auth`: inbound tokens into a `Caller`, and the patient-scope rule;

@@ -6,17 +6,16 @@ from typing import Any
 
 import pytest
 
+from gateway.components import upstream_client
 from gateway.dicom.media import DICOM_JSON
 from gateway.ops.metrics import Metrics
 from gateway.settings import PacsProfileName
 from gateway.upstream.client import UpstreamClient
-from gateway.upstream.profiles import profile_for
 from tests.conftest import make_settings
 
 
 def client_for(profile: PacsProfileName, url: str) -> UpstreamClient:
-    return UpstreamClient(make_settings(pacs_service_url=url, pacs_profile=profile.value), profile_for(profile),
-                          Metrics())
+    return upstream_client(make_settings(pacs_service_url=url, pacs_profile=profile.value), Metrics())
 
 
 def test_orthanc_gets_qido_characters_literally_and_includefield_repeated() -> None:

@@ -35,7 +35,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
-from gateway.settings import AuthMode, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -188,29 +187,49 @@ class _VerifiedToken:
     generation: int
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRules:
+    """What a gateway JWT must be to be accepted (the `AUTH_*` and `JWT_ALGORITHMS` settings)."""
+
+    algorithms: tuple[str, ...]
+    roles_claim: str  # a dotted path into the claims, e.g. "realm_access.roles"
+    patient_claim: str
+    issuer: str | None
+    audience: str | None
+    clock_skew_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class JwksSource:
+    """Where the IdP's signing keys are fetched from, and how often (`AUTH_JWKS_*`)."""
+
+    url: str
+    cache_s: float
+    min_refetch_s: float
+
+
 class JwtAuthenticator:
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._algorithms = list(settings.jwt_algorithms)
-        self._roles_path = settings.auth_roles_claim.split(".")
-        self._patient_claim = settings.auth_patient_id_claim
+    """Verifies the gateway's JWTs: signed with one shared secret, or by a key of the IdP's JWKS."""
+
+    def __init__(self, *, rules: TokenRules, secret: str | None = None, jwks: JwksSource | None = None) -> None:
+        self._algorithms = list(rules.algorithms)
+        self._roles_path = rules.roles_claim.split(".")
+        self._patient_claim = rules.patient_claim
         claims: dict[str, Any] = {"exp": {"essential": True}}
-        if settings.auth_issuer:
-            claims["iss"] = {"essential": True, "value": settings.auth_issuer}
-        if settings.auth_audience:
-            claims["aud"] = {"essential": True, "value": settings.auth_audience}
-        self._claims = jwt.JWTClaimsRegistry(leeway=settings.auth_clock_skew_s, **claims)
+        if rules.issuer:
+            claims["iss"] = {"essential": True, "value": rules.issuer}
+        if rules.audience:
+            claims["aud"] = {"essential": True, "value": rules.audience}
+        self._claims = jwt.JWTClaimsRegistry(leeway=rules.clock_skew_s, **claims)
         self._client: httpx.AsyncClient | None = None
         self._jwks: JwksKeys | None = None
         self._verified: dict[str, _VerifiedToken] = {}
         self._secret: OctKey | None = None
-        if settings.auth_jwt_secret is not None:
-            self._secret = OctKey.import_key(settings.auth_jwt_secret.get_secret_value())
-        elif settings.auth_jwks_url is not None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), transport=transport)
-            self._jwks = JwksKeys(
-                str(settings.auth_jwks_url), settings.auth_jwks_cache_s, settings.auth_jwks_min_refetch_s,
-                self._client,
-            )
+        if secret is not None:
+            self._secret = OctKey.import_key(secret)
+        elif jwks is not None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+            self._jwks = JwksKeys(jwks.url, jwks.cache_s, jwks.min_refetch_s, self._client)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -326,9 +345,3 @@ def _bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer" or not value.strip():
         raise Unauthorized("the Authorization header must be 'Bearer <token>'", error="invalid_request")
     return value.strip()
-
-
-def build_authenticator(settings: Settings) -> Authenticator:
-    if settings.auth_mode is AuthMode.NONE:
-        return NoAuthentication()
-    return JwtAuthenticator(settings)

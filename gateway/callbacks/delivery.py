@@ -59,7 +59,7 @@ def signature(secret: bytes, timestamp: int, body: bytes) -> str:
 
 
 class DeliveryWorker:
-    def __init__(self, store: EventStore, subscribers: list[str], policy: DeliveryPolicy) -> None:
+    def __init__(self, *, store: EventStore, subscribers: list[str], policy: DeliveryPolicy) -> None:
         self.store = store
         self.subscribers = subscribers
         self.policy = policy

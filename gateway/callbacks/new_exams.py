@@ -11,6 +11,7 @@ start (no stored position) the follower starts at the end of the feed: existing 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -26,8 +27,8 @@ PAGE = 100
 
 
 class OrthancChangeFollower:
-    def __init__(self, upstream: UpstreamClient, store: EventStore, subscribers: list[str], poll_s: float,
-                 on_events: Any) -> None:
+    def __init__(self, *, upstream: UpstreamClient, store: EventStore, subscribers: list[str], poll_s: float,
+                 on_events: Callable[[], None]) -> None:
         self._upstream = upstream
         self._store = store
         self._subscribers = subscribers

@@ -17,7 +17,6 @@ import structlog
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
 from gateway.errors import UpstreamCredentialsRejected, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
-from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +37,15 @@ class StaticAuthorization:
 
     def __init__(self, value: str) -> None:
         self._value = value
+
+    @classmethod
+    def bearer(cls, token: str) -> StaticAuthorization:
+        return cls(f"Bearer {token}")
+
+    @classmethod
+    def basic(cls, username: str, password: str) -> StaticAuthorization:
+        """RFC 7617: base64 of user-id ":" password, in UTF-8."""
+        return cls(f"Basic {base64.b64encode(f'{username}:{password}'.encode()).decode('ascii')}")
 
     async def authorization(self) -> str:
         return self._value
@@ -123,24 +131,3 @@ class OAuth2ClientCredentials:
         self._renew_at = started + lifetime - min(60.0, lifetime / 5)
         log.info("upstream_token_fetched", expires_in=lifetime)
         return token
-
-
-def upstream_auth(settings: Settings) -> UpstreamAuth | None:
-    """The auth the settings ask for (they allow at most one method)."""
-    if settings.pacs_authorization_token is not None:
-        return StaticAuthorization(f"Bearer {settings.pacs_authorization_token.get_secret_value()}")
-    if settings.pacs_username is not None and settings.pacs_password is not None:
-        # RFC 7617: user-id ":" password, UTF-8, base64.
-        pair = f"{settings.pacs_username}:{settings.pacs_password.get_secret_value()}".encode()
-        return StaticAuthorization(f"Basic {base64.b64encode(pair).decode('ascii')}")
-    if (
-        settings.pacs_oauth_token_url is not None
-        and settings.pacs_oauth_client_id is not None
-        and settings.pacs_oauth_client_secret is not None
-    ):
-        return OAuth2ClientCredentials(
-            str(settings.pacs_oauth_token_url), settings.pacs_oauth_client_id,
-            settings.pacs_oauth_client_secret.get_secret_value(), settings.pacs_oauth_scope,
-            httpx.Timeout(settings.pacs_connect_timeout_s, read=settings.pacs_read_timeout_s),
-        )
-    return None

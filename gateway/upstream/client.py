@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -39,8 +40,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.ops.metrics import Metrics
-from gateway.settings import Settings
-from gateway.upstream.auth import UpstreamAuth, upstream_auth
+from gateway.upstream.auth import UpstreamAuth
 from gateway.upstream.profiles import UpstreamProfile
 
 # aiohttp's buffer per connection; also the largest chunk a stream hands over at once (fewer, larger chunks cost
@@ -135,25 +135,36 @@ class UpstreamStream:
         self._response.release()
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """Timeouts (seconds) and pool size of the PACS connection (`PACS_*_TIMEOUT_S`, `PACS_MAX_CONNECTIONS`, ...)."""
+
+    connect_s: float
+    read_s: float  # between two chunks of an answer
+    pool_s: float  # the wait for a free pooled connection
+    ready_s: float  # the whole of a readiness probe
+    max_connections: int
+    keepalive_s: float  # how long an idle connection is kept (below Orthanc's 1 s)
+
+
 class UpstreamClient:
-    def __init__(self, settings: Settings, profile: UpstreamProfile, metrics: Metrics) -> None:
+    def __init__(self, *, service_url: str, native_url: str | None, profile: UpstreamProfile, metrics: Metrics,
+                 limits: UpstreamLimits, auth: UpstreamAuth | None) -> None:
         self.profile = profile
         self.metrics = metrics
         # Trailing slash so that relative paths ("studies") join under the DICOMweb root.
-        self.base_url = str(settings.pacs_service_url).rstrip("/") + "/"
+        self.base_url = service_url.rstrip("/") + "/"
         # Orthanc serves DICOMweb at <root>/dicom-web and its native API at <root> (GET /dicom-web/info says so).
-        native = settings.pacs_native_url or str(settings.pacs_service_url).rstrip("/").rsplit("/", 1)[0]
-        self.native_url = str(native).rstrip("/") + "/"
+        native = native_url or service_url.rstrip("/").rsplit("/", 1)[0]
+        self.native_url = native.rstrip("/") + "/"
         self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.pacs_pool_timeout_s + settings.pacs_connect_timeout_s,
-            sock_connect=settings.pacs_connect_timeout_s,
-            sock_read=settings.pacs_read_timeout_s,
+            total=None, connect=limits.pool_s + limits.connect_s, sock_connect=limits.connect_s,
+            sock_read=limits.read_s,
         )
-        self._ready_timeout = aiohttp.ClientTimeout(total=settings.ready_timeout_s)
-        self._max_connections = settings.pacs_max_connections
-        self._keepalive = settings.pacs_keepalive_expiry_s
-        self._auth: UpstreamAuth | None = upstream_auth(settings)
+        self._ready_timeout = aiohttp.ClientTimeout(total=limits.ready_s)
+        self._max_connections = limits.max_connections
+        self._keepalive = limits.keepalive_s
+        self._auth = auth
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:

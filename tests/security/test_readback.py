@@ -16,14 +16,12 @@ import pytest
 from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
 
+from gateway.components import upstream_client
 from gateway.dicom.dicomjson import DicomJson
 from gateway.dicom.part10 import InstanceHeader
 from gateway.errors import UpstreamFailed
 from gateway.exams.readback import verify_filed_patient
 from gateway.ops.metrics import Metrics
-from gateway.settings import PacsProfileName
-from gateway.upstream.client import UpstreamClient
-from gateway.upstream.profiles import profile_for
 from tests.conftest import make_settings
 from tests.dicom_factory import generated
 from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
@@ -111,7 +109,7 @@ async def test_read_back_removes_an_instance_orthanc_holds_under_another_id(orth
                             checked)
     answer = DicomJson({"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [instance.sop_uid]}}]}})
     settings = make_settings(pacs_service_url=orthanc.dicomweb_url, pacs_profile="orthanc")
-    async with UpstreamClient(settings, profile_for(PacsProfileName.ORTHANC), Metrics()) as upstream:
+    async with upstream_client(settings, Metrics()) as upstream:
         with capture_logs() as logs, pytest.raises(UpstreamFailed) as raised:
             await verify_filed_patient(upstream, [_Stored(header)], answer)
         # The same instance, checked as FILED: nothing to say.

@@ -1,0 +1,138 @@
+"""Settings in, components out: the one place where configuration becomes the gateway's long-lived objects.
+
+Every component takes explicit typed arguments (keyword-only when it takes more than one) and never sees `Settings`:
+this module is the only one that reads it, besides the CLI that loads it. `app.create_app` turns what is built here
+into routes and middleware; `lifespan` opens it before the first request and closes it after the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.auth.callers import Authenticator, JwksSource, JwtAuthenticator, NoAuthentication, TokenRules
+from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
+from gateway.callbacks.new_exams import OrthancChangeFollower
+from gateway.callbacks.routes import Callbacks
+from gateway.dicom.uid import UidGenerator
+from gateway.exams.links import ExamLinks
+from gateway.exams.routes import Exams
+from gateway.exams.uploads import ExamUploads
+from gateway.ops.metrics import Metrics
+from gateway.settings import AuthMode, Settings
+from gateway.store.db import create_engine
+from gateway.store.events import EventStore
+from gateway.upstream.auth import OAuth2ClientCredentials, StaticAuthorization, UpstreamAuth
+from gateway.upstream.client import UpstreamClient, UpstreamLimits
+from gateway.upstream.profiles import UpstreamProfile, profile_for
+from gateway.viewer.dicomweb import DicomWeb, ViewerTokenIssuer
+from gateway.viewer.tokens import ViewerTokens
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """The gateway's long-lived objects. Routes get the ones they need as arguments; nothing is global."""
+
+    profile: UpstreamProfile
+    metrics: Metrics
+    upstream: UpstreamClient
+    authenticator: Authenticator
+    uids: UidGenerator
+    engine: AsyncEngine
+    store: EventStore
+    worker: DeliveryWorker
+    follower: OrthancChangeFollower | None  # NEW_EXAM_DETECTION=orthanc-changes
+    callbacks: Callbacks
+    exams: Exams
+    uploads: ExamUploads
+    viewer: DicomWeb
+    issuer: ViewerTokenIssuer
+
+
+def build(settings: Settings) -> Components:
+    metrics = Metrics()
+    upstream = upstream_client(settings, metrics)
+    authenticator = _authenticator(settings)
+    engine = create_engine(settings.database_url)
+    store = EventStore(engine)
+    worker = DeliveryWorker(store=store, subscribers=settings.subscribers, policy=_delivery_policy(settings))
+    follower = None
+    if settings.new_exam_detection == "orthanc-changes":
+        follower = OrthancChangeFollower(upstream=upstream, store=store, subscribers=settings.subscribers,
+                                         poll_s=settings.new_exam_poll_s, on_events=worker.wake)
+    token = settings.callback_auth_token
+    callbacks = Callbacks(store, worker, settings.subscribers, authenticator,
+                          token.get_secret_value() if token else None)
+    links = ExamLinks(str(settings.public_base_url))
+    exams = Exams(upstream, links)
+    uploads = ExamUploads(upstream, links, settings.exams_max_upload_bytes, settings.exams_max_files)
+    viewer_secret = settings.viewer_token_secret
+    tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
+                          settings.viewer_token_ttl_s)
+    viewer = DicomWeb(upstream, exams, authenticator, tokens, str(settings.public_base_url), uploads,
+                      settings.exams_max_upload_bytes, settings.exams_max_files, frozenset(settings.trusted_proxy_list))
+    return Components(
+        profile=upstream.profile, metrics=metrics, upstream=upstream, authenticator=authenticator,
+        uids=UidGenerator(settings.dicom_uid_root), engine=engine, store=store, worker=worker, follower=follower,
+        callbacks=callbacks, exams=exams, uploads=uploads, viewer=viewer,
+        issuer=ViewerTokenIssuer(tokens, exams, settings),
+    )
+
+
+def upstream_client(settings: Settings, metrics: Metrics) -> UpstreamClient:
+    """The PACS client the settings describe (also used by tests that drive it without an app)."""
+    native = settings.pacs_native_url
+    limits = UpstreamLimits(
+        connect_s=settings.pacs_connect_timeout_s, read_s=settings.pacs_read_timeout_s,
+        pool_s=settings.pacs_pool_timeout_s, ready_s=settings.ready_timeout_s,
+        max_connections=settings.pacs_max_connections, keepalive_s=settings.pacs_keepalive_expiry_s,
+    )
+    return UpstreamClient(service_url=str(settings.pacs_service_url), native_url=str(native) if native else None,
+                          profile=profile_for(settings.pacs_profile), metrics=metrics, limits=limits,
+                          auth=upstream_auth(settings))
+
+
+def upstream_auth(settings: Settings) -> UpstreamAuth | None:
+    """How the gateway authenticates to the PACS; the settings allow at most one way."""
+    if settings.pacs_authorization_token is not None:
+        return StaticAuthorization.bearer(settings.pacs_authorization_token.get_secret_value())
+    if settings.pacs_username is not None and settings.pacs_password is not None:
+        return StaticAuthorization.basic(settings.pacs_username, settings.pacs_password.get_secret_value())
+    url, client = settings.pacs_oauth_token_url, settings.pacs_oauth_client_id
+    secret = settings.pacs_oauth_client_secret
+    if url is not None and client is not None and secret is not None:
+        return OAuth2ClientCredentials(
+            str(url), client, secret.get_secret_value(), settings.pacs_oauth_scope,
+            httpx.Timeout(settings.pacs_connect_timeout_s, read=settings.pacs_read_timeout_s),
+        )
+    return None
+
+
+def _authenticator(settings: Settings) -> Authenticator:
+    if settings.auth_mode is AuthMode.NONE:
+        return NoAuthentication()
+    rules = TokenRules(
+        algorithms=tuple(settings.jwt_algorithms), roles_claim=settings.auth_roles_claim,
+        patient_claim=settings.auth_patient_id_claim, issuer=settings.auth_issuer, audience=settings.auth_audience,
+        clock_skew_s=settings.auth_clock_skew_s,
+    )
+    if settings.auth_jwt_secret is not None:
+        return JwtAuthenticator(rules=rules, secret=settings.auth_jwt_secret.get_secret_value())
+    if settings.auth_jwks_url is None:  # Settings refuses this already; said again for the type checker
+        raise ValueError("AUTH_MODE=jwt needs AUTH_JWT_SECRET or AUTH_JWKS_URL")
+    return JwtAuthenticator(rules=rules, jwks=JwksSource(
+        url=str(settings.auth_jwks_url), cache_s=settings.auth_jwks_cache_s,
+        min_refetch_s=settings.auth_jwks_min_refetch_s,
+    ))
+
+
+def _delivery_policy(settings: Settings) -> DeliveryPolicy:
+    secret = settings.callback_signing_secret
+    return DeliveryPolicy(
+        timeout_s=settings.callback_timeout_s, max_attempts=settings.callback_max_attempts,
+        backoff_base_s=settings.callback_backoff_base_s, max_backoff_s=settings.callback_max_backoff_s,
+        lease_s=settings.callback_lease_s, poll_s=settings.callback_poll_s, concurrency=settings.callback_concurrency,
+        signing_secret=secret.get_secret_value().encode() if secret else None,
+    )
