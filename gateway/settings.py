@@ -18,6 +18,10 @@ from gateway.dicom.uid import UidRootError, validate_uid_root
 from gateway.dicom.vr import VrError, ae
 from gateway.store.db import async_url
 
+# The constrained types most settings share: a duration in seconds (above zero) and a count (at least one).
+Seconds = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
+
 
 class PacsProfileName(StrEnum):
     ORTHANC = "orthanc"
@@ -55,13 +59,13 @@ class Settings(BaseSettings):
     pacs_oauth_client_id: str | None = None
     pacs_oauth_client_secret: SecretStr | None = None
     pacs_oauth_scope: str | None = None
-    pacs_connect_timeout_s: float = Field(default=5.0, gt=0)
-    pacs_read_timeout_s: float = Field(default=60.0, gt=0)
-    pacs_pool_timeout_s: float = Field(default=10.0, gt=0)
-    pacs_max_connections: int = Field(default=100, ge=1)
+    pacs_connect_timeout_s: Seconds = 5.0
+    pacs_read_timeout_s: Seconds = 60.0
+    pacs_pool_timeout_s: Seconds = 10.0
+    pacs_max_connections: Count = 100
     # Orthanc closes idle keep-alive connections after 1 s (`Keep-Alive: timeout=1`): stay below it.
     pacs_keepalive_expiry_s: float = Field(default=0.8, ge=0)
-    ready_timeout_s: float = Field(default=2.0, gt=0)
+    ready_timeout_s: Seconds = 2.0
 
     # --- identity of the organisation -----------------------------------------------------------------------------
     dicom_uid_root: str = "2.25"
@@ -79,15 +83,15 @@ class Settings(BaseSettings):
     callback_urls: str = ""  # comma-separated subscriber URLs
     callback_auth_token: SecretStr | None = None
     callback_signing_secret: SecretStr | None = None
-    callback_timeout_s: float = Field(default=5.0, gt=0)
-    callback_max_attempts: int = Field(default=10, ge=1)
-    callback_backoff_base_s: float = Field(default=1.0, gt=0)
-    callback_max_backoff_s: float = Field(default=300.0, gt=0)
-    callback_lease_s: float = Field(default=60.0, gt=0)
-    callback_poll_s: float = Field(default=0.5, gt=0)
+    callback_timeout_s: Seconds = 5.0
+    callback_max_attempts: Count = 10
+    callback_backoff_base_s: Seconds = 1.0
+    callback_max_backoff_s: Seconds = 300.0
+    callback_lease_s: Seconds = 60.0
+    callback_poll_s: Seconds = 0.5
     callback_concurrency: int = Field(default=4, ge=1, le=100)
     new_exam_detection: Literal["none", "orthanc-changes"] = "none"
-    new_exam_poll_s: float = Field(default=1.0, gt=0)
+    new_exam_poll_s: Seconds = 1.0
 
     @property
     def subscribers(self) -> list[str]:
@@ -112,7 +116,7 @@ class Settings(BaseSettings):
 
     # --- exams ------------------------------------------------------------------------------------------------------
     exams_max_upload_bytes: int = Field(default=4 * 1024**3, ge=1)
-    exams_max_files: int = Field(default=1000, ge=1)
+    exams_max_files: Count = 1000
 
     # --- the HTTP edge (gateway.edge.http): limits on request heads, as servers facing the internet set -------------
     http_max_field_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)  # one header field, name and value

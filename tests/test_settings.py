@@ -21,6 +21,9 @@ BASE = {"pacs_service_url": "http://127.0.0.1:8042/dicom-web", "auth_mode": "non
         ({"pacs_profile": "pacsy"}, "PACS_PROFILE:"),
         ({"log_format": "xml"}, "LOG_FORMAT:"),
         ({"pacs_read_timeout_s": "-1"}, "PACS_READ_TIMEOUT_S:"),
+        ({"callback_poll_s": "0"}, "CALLBACK_POLL_S:"),  # every duration is above zero (settings.Seconds)
+        ({"pacs_max_connections": "0"}, "PACS_MAX_CONNECTIONS:"),  # every count is at least one (settings.Count)
+        ({"callback_max_attempts": "0"}, "CALLBACK_MAX_ATTEMPTS:"),
         ({"dicom_uid_root": "1.2.03"}, "DICOM_UID_ROOT:"),
         ({"pacs_requester_aet": "A" * 17}, "PACS_REQUESTER_AET:"),
         ({"pacs_requester_aet": "   "}, "PACS_REQUESTER_AET:"),

@@ -211,48 +211,29 @@ class UpstreamClient:
             raise RuntimeError("the upstream client is used outside the app's lifespan")
         return self._session
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        operation: str,
-        params: Iterable[tuple[str, str]] = (),
-        headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
-        time_limit: float | None = None,
-    ) -> UpstreamAnswer:
+    async def request(self, method: str, path: str, *, operation: str, params: Iterable[tuple[str, str]] = (),
+                      headers: Mapping[str, str] | None = None, content: bytes | None = None,
+                      time_limit: float | None = None) -> UpstreamAnswer:
         """One upstream exchange with its body read (for small answers: QIDO, JSON). Status checked as above."""
-        session = self._opened()
-        sent = await self._headers(headers)
         timeout = aiohttp.ClientTimeout(total=time_limit) if time_limit is not None else None
-        started = time.perf_counter()
-        with upstream_errors(operation, self.metrics):
-            async with session.request(method, self.url(path, params), headers=sent, data=content,
-                                       timeout=timeout or self._timeout) as response:
+        response, started, sent = await self._send(method, path, operation, params, headers, content, timeout)
+        try:
+            with upstream_errors(operation, self.metrics):
                 body = await response.read()
+        finally:
+            response.release()
         self._record(operation, response.status, started)
         self._note_rejection(response.status, sent)
         check_upstream_status(response.status, operation)
         return UpstreamAnswer(response.status, response.headers, body)
 
-    async def open_stream(
-        self,
-        method: str,
-        path: str,
-        *,
-        operation: str,
-        params: Iterable[tuple[str, str]] = (),
-        headers: Mapping[str, str] | None = None,
-        content: bytes | AsyncIterator[bytes] | AsyncIterator[bytes | memoryview] | None = None,
-    ) -> UpstreamStream:
+    async def open_stream(self, method: str, path: str, *, operation: str, params: Iterable[tuple[str, str]] = (),
+                          headers: Mapping[str, str] | None = None,
+                          content: bytes | AsyncIterator[bytes] | AsyncIterator[bytes | memoryview] | None = None,
+                          ) -> UpstreamStream:
         """Send a request and return once the answer's headers are in; the caller streams the body and must
         `aclose()` the stream (a streamed body outlives the handler, so no context manager fits)."""
-        session = self._opened()
-        sent = await self._headers(headers)
-        started = time.perf_counter()
-        with upstream_errors(operation, self.metrics):
-            response = await session.request(method, self.url(path, params), headers=sent, data=content)
+        response, started, sent = await self._send(method, path, operation, params, headers, content, None)
         self._record(operation, response.status, started)
         self._note_rejection(response.status, sent)
         try:
@@ -261,6 +242,18 @@ class UpstreamClient:
             response.release()
             raise
         return UpstreamStream(response, operation, self.metrics)
+
+    async def _send(self, method: str, path: str, operation: str, params: Iterable[tuple[str, str]],
+                    headers: Mapping[str, str] | None, content: Any, limit: aiohttp.ClientTimeout | None,
+                    ) -> tuple[aiohttp.ClientResponse, float, dict[str, str]]:
+        """The request sent and the answer's headers in: (response, when it was sent, the headers sent)."""
+        session = self._opened()
+        sent = await self._headers(headers)
+        started = time.perf_counter()
+        with upstream_errors(operation, self.metrics):
+            response = await session.request(method, self.url(path, params), headers=sent, data=content,
+                                             timeout=limit or self._timeout)
+        return response, started, sent
 
     async def native_resource(self, kind: str, resource_id: str) -> Any:
         """Orthanc's JSON description of `/{kind}/{resource_id}` (native API; `gateway.upstream.orthanc`), or
