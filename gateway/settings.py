@@ -7,6 +7,7 @@ No other module reads the environment: `create_app(settings)` receives this obje
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,14 @@ from gateway.store.db import async_url
 # The constrained types most settings share: a duration in seconds (above zero) and a count (at least one).
 Seconds = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
+
+
+def _refused_as_value_error(check: Callable[[str], str], value: str, prefix: str = "") -> str:
+    """A DICOM check's refusal, as the ValueError that pydantic reports under the setting's name."""
+    try:
+        return check(value)
+    except (VrError, UidRootError) as exc:
+        raise ValueError(f"{prefix}{exc}") from None
 
 
 class PacsProfileName(StrEnum):
@@ -163,10 +172,7 @@ class Settings(BaseSettings):
     @field_validator("pacs_requester_aet")
     @classmethod
     def _ae_title(cls, value: str) -> str:
-        try:
-            return ae(value)
-        except VrError as exc:
-            raise ValueError(f"an AE title: {exc}") from None
+        return _refused_as_value_error(ae, value, "an AE title: ")
 
     @field_validator("log_level", "log_format", "pacs_profile", "auth_mode", mode="before")
     @classmethod
@@ -183,10 +189,7 @@ class Settings(BaseSettings):
     @field_validator("dicom_uid_root")
     @classmethod
     def _valid_uid_root(cls, value: str) -> str:
-        try:
-            return validate_uid_root(value)
-        except UidRootError as exc:
-            raise ValueError(str(exc)) from None
+        return _refused_as_value_error(validate_uid_root, value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

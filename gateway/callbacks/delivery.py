@@ -36,14 +36,16 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
-    timeout_s: float = 5.0
-    max_attempts: int = 10
-    backoff_base_s: float = 1.0
-    max_backoff_s: float = 300.0
-    lease_s: float = 60.0
-    poll_s: float = 0.5
-    concurrency: int = 4  # attempts in flight per subscriber
-    signing_secret: bytes | None = None
+    """How deliveries are attempted (the `CALLBACK_*` settings, whose defaults live in `Settings` alone)."""
+
+    timeout_s: float
+    max_attempts: int
+    backoff_base_s: float
+    max_backoff_s: float
+    lease_s: float
+    poll_s: float
+    concurrency: int  # attempts in flight per subscriber
+    signing_secret: bytes | None
 
     def backoff(self, attempt: int) -> float:
         """The wait after failed attempt `attempt` (1, 2, ...): between half and all of base x 2^(attempt-1),
