@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from gateway.settings import SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, load_settings
 from tests.conftest import gateway_env
 from tests.processes import CONSOLE_SCRIPT
 
@@ -81,3 +82,13 @@ def test_the_example_settings_load(path: Path) -> None:
     settings = load_settings(path)
     assert settings.pacs_profile.value == path.stem
     assert settings.subscribers
+
+
+def test_every_setting_is_explained_in_the_configuration_page() -> None:
+    """docs/configuration.md has one table row per setting, named by its environment variable, and no stale row."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    names = re.findall(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \|", page, flags=re.M)  # a row may name a pair
+    rows = {name.strip("`") for cell in names for name in cell.split(", ")}
+    fields = {name.upper() for name in Settings.model_fields}
+    assert fields - rows == set(), "settings without a row"
+    assert rows - fields == set(), "rows without a setting"

@@ -15,6 +15,7 @@ trap stop_orthanc EXIT
 
 deploy/dev/orthanc.sh start "$ORTHANC_DIR" "$ORTHANC_HTTP_PORT" "$ORTHANC_DICOM_PORT"
 .venv/bin/python deploy/dev/load_samples.py "http://127.0.0.1:$ORTHANC_HTTP_PORT/dicom-web"
+new_exam=$(.venv/bin/python deploy/dev/new_exam.py "$RUN_DIR/new-exam.dcm")  # a file Orthanc does not hold yet
 
 gw="http://127.0.0.1:$GATEWAY_PORT"
 cat <<TXT
@@ -25,7 +26,7 @@ Try:
   curl $gw/uid
   curl "$gw/exams/studies?PatientId=1CT1"
   curl "$gw/exams/studies/1.3.6.1.4.1.5962.1.2.1.20040119072730.12322/series?PatientId=1CT1"
-  curl -F file=@some.dcm $gw/exams
+  curl -F file=@$new_exam $gw/exams
   curl $gw/-/metrics
   curl $gw/openapi.yaml
 Ctrl-C stops the gateway and Orthanc.
