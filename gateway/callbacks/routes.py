@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -52,6 +51,7 @@ from starlette.routing import Route
 
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.callbacks.delivery import DeliveryWorker
+from gateway.dicom import vr
 from gateway.dicom.uid import is_valid_uid
 from gateway.edge.bodies import read_json_object
 from gateway.edge.params import bad_parameter, integer_parameter, single
@@ -62,7 +62,6 @@ MAX_BODY_BYTES = 64 * 1024  # the caps and the batch: see the module's docstring
 MAX_BODY_VALUES = 4096
 LIST_BATCH = 50
 MEDIA_TYPES = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded", ""})
-_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 _MAX_COUNT = 10_000_000
 _SEXES = frozenset({"M", "F", "O"})  # PS3.3 C.7.1.1 Patient's Sex (0010,0040): the enumerated values
 
@@ -99,18 +98,6 @@ Texts = Annotated[list[Annotated[StrictStr, Field(max_length=64)]], BeforeValida
 Count = Annotated[StrictInt, BeforeValidator(_count), Field(ge=0, le=_MAX_COUNT)]
 
 
-def _date(value: str | None) -> str | None:
-    if value is None or value == "":
-        return value
-    if not (len(value) == 8 and value.isascii() and value.isdigit()):
-        raise ValueError("a date YYYYMMDD")
-    try:
-        datetime.strptime(value, "%Y%m%d")
-    except ValueError:
-        raise ValueError("not a real date") from None
-    return value
-
-
 class NewExamEvent(BaseModel):
     """The callback body: known fields are type-checked, unknown ones kept as sent."""
 
@@ -145,14 +132,12 @@ class NewExamEvent(BaseModel):
     @field_validator("StudyDate", "PatientBirthDate")
     @classmethod
     def _dates(cls, value: str | None) -> str | None:
-        return _date(value)
+        return vr.optional_da(value)
 
     @field_validator("StudyTime")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value and not _TIME.fullmatch(value):
-            raise ValueError("a time HHMMSS[.FFFFFF]")
-        return value
+        return vr.optional_tm_shape(value)
 
 
 # The event's fields by their names casefolded (gateway.edge.bodies: decoders that ignore case would read `patientID`

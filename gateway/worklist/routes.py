@@ -57,7 +57,7 @@ from gateway.dicom.tags import (
     STUDY_UID,
 )
 from gateway.dicom.uid import UidGenerator, is_valid_uid
-from gateway.dicom.vr import VrError
+from gateway.dicom.vr import VrError, day_range_dt, loose_da_range
 from gateway.edge.bodies import read_json
 from gateway.edge.params import (
     PATIENT_ID_SPELLINGS,
@@ -79,7 +79,7 @@ from gateway.settings import Settings
 from gateway.upstream.client import UpstreamAnswer, UpstreamClient
 from gateway.upstream.ownership import Ownership, Resource
 from gateway.upstream.profiles import PROFILES, UpsDialect
-from gateway.worklist.fields import date_range, parse_workitem
+from gateway.worklist.fields import parse_workitem
 from gateway.worklist.mwl import mwl_workitem
 from gateway.worklist.ups import Dataset, build_create, element
 from gateway.worklist.ups import values as element_values
@@ -157,6 +157,15 @@ def _upstream_message(answer: UpstreamAnswer) -> str:
     except ValueError:
         return answer.content[:300].decode("utf-8", "replace")
     return payload if isinstance(payload, str) else json.dumps(payload)[:300]
+
+
+def _start_dates(value: str) -> str:
+    """A date or a range (`A-B`, `A-`, `-B`; YYYYMMDD or YYYY-MM-DD) as a ScheduledProcedureStepStartDateTime range
+    covering whole days."""
+    try:
+        return day_range_dt(*loose_da_range(value))
+    except VrError as exc:
+        raise bad_parameter("ScheduledProcedureStepStartDate", str(exc)) from None
 
 
 class Worklist:
@@ -267,7 +276,7 @@ class Worklist:
             query.append((SEARCH_KEYS["AccessionNumber"], exact_short_string("AccessionNumber", accession)))
         date = single(params, "ScheduledProcedureStepStartDate")
         if date is not None:
-            query.append((SEARCH_KEYS["ScheduledProcedureStepStartDate"], _date_range(date)))
+            query.append((SEARCH_KEYS["ScheduledProcedureStepStartDate"], _start_dates(date)))
         state = single(params, "ProcedureStepState")
         if state is not None:
             if state not in STATES:
@@ -382,16 +391,6 @@ class Worklist:
 def _may_see(caller: Caller, dataset: Dataset) -> bool:
     return Role.CLINICIAN in caller.roles or (caller.patient_id is not None
                                               and _patient_of(dataset) == caller.patient_id)
-
-
-def _date_range(value: str) -> str:
-    """A date or a range (`A-B`, `A-`, `-B`; YYYYMMDD or YYYY-MM-DD) as a ScheduledProcedureStepStartDateTime range
-    covering whole days."""
-    try:
-        low, high = date_range(value)
-    except VrError as exc:
-        raise bad_parameter("ScheduledProcedureStepStartDate", str(exc)) from None
-    return f"{low + '000000' if low else ''}-{high + '235959' if high else ''}"
 
 
 def routes(
