@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive
 
 from gateway.auth.callers import Caller, Role
 from gateway.auth.scope import require_patient_access
@@ -47,9 +46,9 @@ from gateway.dicom.tags import (
     SOP_INSTANCE_UID,
 )
 from gateway.edge.context import note
-from gateway.edge.formdata import SMALL_BODY, FormField, split_form
+from gateway.edge.formdata import FormField, read_form
 from gateway.edge.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
-from gateway.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
+from gateway.errors import BadRequest, Conflict, Forbidden, UnprocessableContent
 from gateway.exams.links import ExamLinks
 from gateway.exams.readback import verify_filed_patient
 from gateway.upstream.client import UpstreamClient, UpstreamStream
@@ -122,22 +121,6 @@ class Upload:
         return self.part.size
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (also when sent chunked)."""
-    seen = 0
-
-    async def receive_limited() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": limit})
-        return message
-
-    return receive_limited
-
-
 class ExamUploads:
     def __init__(self, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
         self._upstream = upstream
@@ -147,21 +130,11 @@ class ExamUploads:
         self._max_files = max_files
 
     async def upload(self, request: Request, caller: Caller) -> Response:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-            raise UnsupportedMediaType("POST /exams takes multipart/form-data", {"content_type": content_type})
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
-            raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": self._max_bytes})
-        limited = Request(request.scope, _limited(request.receive, self._max_bytes))
-        fields = None
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) <= SMALL_BODY:
-            fields = split_form(await limited.body(), content_type, self._max_files)
-        form = None
-        if fields is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
-            form = await limited.form(max_files=self._max_files, max_fields=100)
+        body = await read_form(request, max_bytes=self._max_bytes, max_files=self._max_files,
+                               refusal="POST /exams takes multipart/form-data", what="the upload")
+        form = body if isinstance(body, FormData) else None
         try:
-            dataset, fresh, duplicates = await self.accept(_file_parts(fields, form), caller)
+            dataset, fresh, duplicates = await self.accept(_file_parts(body), caller)
         finally:
             if form is not None:
                 await form.close()
@@ -435,15 +408,14 @@ def _refuse_taken(uids: set[str]) -> None:
                        {"reason": "uid_in_use", "uids": sorted(uids)})
 
 
-def _file_parts(fields: list[FormField] | None, form: FormData | None) -> list[FilePart]:
+def _file_parts(body: list[FormField] | FormData) -> list[FilePart]:
     """The uploaded files, in order; 400 for a field not named `file`, 422 for a text field."""
     items: list[tuple[str, str | None, memoryview | UploadFile | str]]
-    if fields is not None:
-        items = [(f.name, f.filename, f.value if f.filename is not None else "") for f in fields]
-    else:
-        assert form is not None
+    if isinstance(body, FormData):
         items = [(name, value.filename if isinstance(value, UploadFile) else None, value)
-                 for name, value in form.multi_items()]
+                 for name, value in body.multi_items()]
+    else:
+        items = [(f.name, f.filename, f.value if f.filename is not None else "") for f in body]
     parts: list[FilePart] = []
     for index, (name, filename, value) in enumerate(items):
         if name != "file":
