@@ -46,15 +46,11 @@ from starlette.routing import Route
 
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.auth.scope import EXAMS_ROLES, require_patient_access
-from gateway.dicom.identifiers import IdentifierError, exact_identifier
 from gateway.dicom.media import DICOM_JSON
 from gateway.dicom.tags import (
-    PATIENT_ID,
     PROCEDURE_STEP_STATE,
     REASON_FOR_CANCELLATION,
-    REFERENCED_REQUEST,
     SOP_INSTANCE_UID,
-    STUDY_UID,
 )
 from gateway.dicom.uid import UidGenerator, is_valid_uid
 from gateway.dicom.vr import VrError, day_range_dt, loose_da_range
@@ -81,8 +77,7 @@ from gateway.upstream.ownership import Ownership, Resource
 from gateway.upstream.profiles import PROFILES, UpsDialect
 from gateway.worklist.fields import parse_workitem
 from gateway.worklist.mwl import mwl_workitem
-from gateway.worklist.ups import Dataset, build_create, element
-from gateway.worklist.ups import values as element_values
+from gateway.worklist.ups import Dataset, build_create, element, first_value, of_study, patient_of
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a workitem is a few KB; room for a client's oversized field to get its 400
 MAX_LIMIT = 200
@@ -107,32 +102,6 @@ SEARCH_KEYS = {
 }
 
 
-
-
-def _first(dataset: Dataset, tag: str) -> str:
-    """The first value of a UI or CS element (a UID, a state), without the padding PS3.5 §6.2 allows: spaces, and a
-    UI's trailing NUL. Not `str.strip()`: NBSP, U+3000 and other white space are characters of a value. PatientIDs
-    are read by `_patient_of`."""
-    found = element_values(dataset, tag)
-    return str(found[0]).rstrip("\0 ").lstrip(" ") if found and isinstance(found[0], str) else ""
-
-
-def _patient_of(dataset: Dataset) -> str | None:
-    """The workitem's PatientID by the exact-identifier rule (see the module docstring); None when it is nobody's."""
-    found = element_values(dataset, PATIENT_ID)
-    if not found or not isinstance(found[0], str):
-        return None
-    try:
-        return exact_identifier(found[0])
-    except IdentifierError:
-        return None
-
-
-def _of_study(dataset: Dataset, study_uid: str) -> bool:
-    """Whether a workitem is for this study: at top level or in a Referenced Request Sequence item, where the
-    dialects look when they match StudyInstanceUID (dcm4chee and PS3.18 servers both; Microsoft's the top level)."""
-    requests = [item for item in element_values(dataset, REFERENCED_REQUEST) if isinstance(item, dict)]
-    return any(_first(holder, STUDY_UID) == study_uid for holder in (dataset, *requests))
 
 
 def _uid_in_use(study_uid: str) -> Conflict:
@@ -225,16 +194,16 @@ class Worklist:
     async def _require_free(self, study_uid: str, patient_id: str) -> None:
         """`Conflict` unless the study may take a new workitem of this patient (see the module docstring)."""
         found, complete = await self._matches([("StudyInstanceUID", study_uid)])
-        workitems = [ds for ds in found if _of_study(ds, study_uid)]
-        if any(_patient_of(ds) != patient_id for ds in workitems):
+        workitems = [ds for ds in found if of_study(ds, study_uid)]
+        if any(patient_of(ds) != patient_id for ds in workitems):
             raise _uid_in_use(study_uid)
         if await self._ownership.held_by_others(patient_id, [Resource(study_uid)]):
             raise _uid_in_use(study_uid)
         if not complete:  # the next page could hold another patient's: refuse rather than guess
             raise _too_many(study_uid)
-        active = [ds for ds in workitems if _first(ds, PROCEDURE_STEP_STATE) in ACTIVE]
+        active = [ds for ds in workitems if first_value(ds, PROCEDURE_STEP_STATE) in ACTIVE]
         if active:
-            state = _first(active[0], PROCEDURE_STEP_STATE)
+            state = first_value(active[0], PROCEDURE_STEP_STATE)
             raise Conflict(f"this StudyInstanceUID already has a workitem that is {state}",
                            {"StudyInstanceUID": study_uid, "state": state})
 
@@ -287,8 +256,8 @@ class Worklist:
 
         def shown(dataset: Dataset) -> bool:
             # Exact PatientID equality whatever the PACS's matching rules; cancelled ones only when asked for.
-            return ((patient_id is None or _patient_of(dataset) == patient_id)
-                    and (state is not None or _first(dataset, PROCEDURE_STEP_STATE) != HIDDEN))
+            return ((patient_id is None or patient_of(dataset) == patient_id)
+                    and (state is not None or first_value(dataset, PROCEDURE_STEP_STATE) != HIDDEN))
 
         found = await self._search_shown(query, shown, limit=limit, offset=offset)
         return JSONResponse([mwl_workitem(ds) for ds in found], headers={"Cache-Control": "no-store"})
@@ -344,7 +313,7 @@ class Worklist:
         found, complete = await self._matches([("StudyInstanceUID", study_uid), ("ProcedureStepState", state)])
         if not complete:
             raise _too_many(study_uid)
-        return [ds for ds in found if _of_study(ds, study_uid) and _first(ds, PROCEDURE_STEP_STATE) == state
+        return [ds for ds in found if of_study(ds, study_uid) and first_value(ds, PROCEDURE_STEP_STATE) == state
                 and _may_see(caller, ds)]
 
     # -- cancel ---------------------------------------------------------------------------------------------------
@@ -366,7 +335,7 @@ class Worklist:
             # None, another patient's (no existence oracle), or all cancelled already: removed.
             raise NotFound("no workitem for this study", {"StudyInstanceUID": study_uid})
         for dataset in scheduled:  # more than one only after two creates raced for the study (docs/api/worklist.md)
-            await self._cancel_one(dialect, _first(dataset, SOP_INSTANCE_UID), study_uid)
+            await self._cancel_one(dialect, first_value(dataset, SOP_INSTANCE_UID), study_uid)
         return Response(status_code=204)
 
     async def _cancel_one(self, dialect: UpsDialect, uid: str, study_uid: str) -> None:
@@ -390,7 +359,7 @@ class Worklist:
 
 def _may_see(caller: Caller, dataset: Dataset) -> bool:
     return Role.CLINICIAN in caller.roles or (caller.patient_id is not None
-                                              and _patient_of(dataset) == caller.patient_id)
+                                              and patient_of(dataset) == caller.patient_id)
 
 
 def routes(
