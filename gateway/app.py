@@ -48,8 +48,9 @@ def create_app(settings: Settings) -> Starlette:
     upstream = UpstreamClient(settings, profile, metrics)
     authenticator = build_authenticator(settings)
 
-    links = ExamLinks(str(settings.public_base_url))
-    uploads = ExamUploads(upstream, links, settings.exams_max_upload_bytes, settings.exams_max_files)
+    links = ExamLinks(public_base_url=str(settings.public_base_url))
+    uploads = ExamUploads(upstream=upstream, links=links, max_bytes=settings.exams_max_upload_bytes,
+                          max_files=settings.exams_max_files)
     engine = create_engine(settings.database_url)
     store = EventStore(engine)
     subscribers = settings.subscribers
@@ -61,13 +62,14 @@ def create_app(settings: Settings) -> Starlette:
         signing_secret=secret.get_secret_value().encode() if secret else None,
     ))
     token = settings.callback_auth_token
-    hooks = callbacks.Callbacks(store, worker, subscribers, authenticator, token.get_secret_value() if token else None)
+    hooks = callbacks.Callbacks(store=store, worker=worker, subscribers=subscribers, authenticator=authenticator,
+                                auth_token=token.get_secret_value() if token else None)
     follower = (OrthancChangeFollower(upstream, store, subscribers, settings.new_exam_poll_s, worker.wake)
                 if settings.new_exam_detection == "orthanc-changes" else None)
     viewer_secret = settings.viewer_token_secret
     tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
                           settings.viewer_token_ttl_s)
-    exam_queries = exams.Exams(upstream, links)
+    exam_queries = exams.Exams(upstream=upstream, links=links)
     issuer = dicomweb.ViewerTokenIssuer(tokens, exam_queries, settings)
     viewer = dicomweb.DicomWeb(upstream, exam_queries, authenticator, tokens, str(settings.public_base_url), uploads,
                                settings.exams_max_upload_bytes, settings.exams_max_files,
@@ -76,7 +78,10 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes(upstream, metrics),
         *exams.routes(exam_queries, authenticator, uploads),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
-        *workitems.routes(upstream, authenticator, UidGenerator(settings.dicom_uid_root), settings),
+        *workitems.routes(workitems.Worklist(
+            upstream=upstream, uids=UidGenerator(settings.dicom_uid_root), priority=settings.worklist_priority,
+            input_readiness=settings.worklist_input_readiness, label=settings.worklist_label,
+            requester_aet=settings.pacs_requester_aet), authenticator),
         *callbacks.routes(hooks, authenticator),
         *dicomweb.routes(viewer, issuer, authenticator),
         *docs.routes(),

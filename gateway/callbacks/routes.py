@@ -197,7 +197,7 @@ def _json(value: Any) -> bytes:
 
 
 class Callbacks:
-    def __init__(self, store: EventStore, worker: DeliveryWorker, subscribers: list[str],
+    def __init__(self, *, store: EventStore, worker: DeliveryWorker, subscribers: list[str],
                  authenticator: Authenticator, auth_token: str | None) -> None:
         self._store = store
         self._worker = worker

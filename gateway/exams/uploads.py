@@ -41,7 +41,7 @@ _UIDS_PER_LOOKUP = 40  # keeps the lookup URL under ~3 KB
 
 
 class ExamUploads:
-    def __init__(self, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
+    def __init__(self, *, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
         self._upstream = upstream
         self._shared = SharedUids(upstream=upstream)
         self._links = links

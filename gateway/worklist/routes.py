@@ -71,7 +71,6 @@ from gateway.errors import (
     UnprocessableContent,
     UpstreamFailed,
 )
-from gateway.settings import Settings
 from gateway.upstream.client import UpstreamAnswer, UpstreamClient
 from gateway.upstream.ownership import Ownership, Resource
 from gateway.upstream.profiles import PROFILES, UpsDialect
@@ -138,21 +137,28 @@ def _start_dates(value: str) -> str:
 
 
 class Worklist:
-    def __init__(self, upstream: UpstreamClient, uids: UidGenerator, settings: Settings) -> None:
+    def __init__(self, *, upstream: UpstreamClient, uids: UidGenerator, priority: str, input_readiness: str,
+                 label: str, requester_aet: str) -> None:
+        """`priority`, `input_readiness` and `label` go into every workitem created (WORKLIST_*); `requester_aet`
+        names the gateway where a dialect wants a requester (PACS_REQUESTER_AET)."""
         self._upstream = upstream
         # The image archive: the same upstream (PACS_SERVICE_URL serves QIDO-RS and UPS-RS alike), one study-level
         # search per create that names a StudyInstanceUID.
         self._ownership = Ownership(upstream)
         self._uids = uids
-        self._settings = settings
+        self._priority = priority
+        self._input_readiness = input_readiness
+        self._label = label
+        self._requester_aet = requester_aet
+        self._profile = upstream.profile.name
         self._dialect = upstream.profile.ups
 
     def _require_ups(self) -> UpsDialect:
         if self._dialect is None:
             raise NotImplementedByUpstream(
-                f"the PACS profile '{self._settings.pacs_profile.value}' has no UPS-RS worklist: set PACS_PROFILE to "
+                f"the PACS profile '{self._profile.value}' has no UPS-RS worklist: set PACS_PROFILE to "
                 "azure, dcm4chee or standard for a PACS that offers one",
-                {"setting": "PACS_PROFILE", "value": self._settings.pacs_profile.value,
+                {"setting": "PACS_PROFILE", "value": self._profile.value,
                  "supported": [name.value for name, profile in PROFILES.items() if profile.ups]},
             )
         return self._dialect
@@ -168,8 +174,7 @@ class Worklist:
         study_uid = given or self._uids.new()
         dataset = build_create(
             values, dialect=dialect.name, study_uid=study_uid,
-            priority=self._settings.worklist_priority, input_readiness=self._settings.worklist_input_readiness,
-            worklist_label=self._settings.worklist_label,
+            priority=self._priority, input_readiness=self._input_readiness, worklist_label=self._label,
         )
         if given is not None:  # a UID just made up (24 random digits at least) is nobody's
             await self._require_free(study_uid, patient_id)
@@ -339,7 +344,7 @@ class Worklist:
         return Response(status_code=204)
 
     async def _cancel_one(self, dialect: UpsDialect, uid: str, study_uid: str) -> None:
-        params = [("requester", self._settings.pacs_requester_aet)] if dialect.needs_requester else []
+        params = [("requester", self._requester_aet)] if dialect.needs_requester else []
         reason = {REASON_FOR_CANCELLATION: element("LT", "Cancelled by a user through dicom-gateway")}
         answer = await self._upstream.request(
             "POST", f"workitems/{uid}/cancelrequest", operation="ups_cancel", params=params,
@@ -362,10 +367,7 @@ def _may_see(caller: Caller, dataset: Dataset) -> bool:
                                               and patient_of(dataset) == caller.patient_id)
 
 
-def routes(
-    upstream: UpstreamClient, authenticator: Authenticator, uids: UidGenerator, settings: Settings
-) -> list[Route]:
-    worklist = Worklist(upstream, uids, settings)
+def routes(worklist: Worklist, authenticator: Authenticator) -> list[Route]:
     return [
         Route("/workitems", guarded(authenticator, EXAMS_ROLES, worklist.create), methods=["POST"]),
         Route("/workitems", guarded(authenticator, EXAMS_ROLES, worklist.search), methods=["GET"]),
