@@ -11,7 +11,14 @@ from starlette.datastructures import QueryParams
 
 from gateway.callbacks.delivery import DeliveryPolicy
 from gateway.dicom import vr
-from gateway.edge.params import date_or_range, integer_parameter, is_small_integer, optional_patient_id, single
+from gateway.edge.params import (
+    date_or_range,
+    instant_parameter,
+    integer_parameter,
+    is_small_integer,
+    optional_patient_id,
+    single,
+)
 from gateway.errors import BadRequest
 
 
@@ -180,3 +187,15 @@ def test_a_workitem_start_date_range_covers_whole_days() -> None:
     assert vr.day_range_dt("20240101", "20240102") == "20240101000000-20240102235959"
     assert vr.day_range_dt("20240101", "") == "20240101000000-"
     assert vr.day_range_dt("", "20240102") == "-20240102235959"
+
+
+def test_an_instant_is_iso_8601_in_utc_unless_it_names_an_offset() -> None:
+    assert instant_parameter(QueryParams(""), "since") is None
+    assert instant_parameter(QueryParams("since=2026-11-22T10:00:00Z"), "since") == 1795341600.0
+    assert instant_parameter(QueryParams("since=2026-11-22T10:00:00"), "since") == 1795341600.0
+    assert instant_parameter(QueryParams("since=2026-11-22T11:00:00%2B01:00"), "since") == 1795341600.0
+    assert instant_parameter(QueryParams("since=2026-11-22"), "since") == 1795305600.0
+    for query in ("since=yesterday", "since=1&since=2"):
+        with pytest.raises(BadRequest) as raised:
+            instant_parameter(QueryParams(query), "since")
+        assert raised.value.details == {"parameter": "since"}

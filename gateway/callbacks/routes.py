@@ -54,7 +54,7 @@ from gateway.callbacks.delivery import DeliveryWorker
 from gateway.dicom import vr
 from gateway.dicom.uid import is_valid_uid
 from gateway.edge.bodies import read_json_object
-from gateway.edge.params import bad_parameter, integer_parameter, single
+from gateway.edge.params import bad_parameter, instant_parameter, integer_parameter, single
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.store.events import EventStore, NewEvent, StoredEvent
 
@@ -239,14 +239,7 @@ class Callbacks:
         patient = single(params, "PatientID")
         if patient is not None and not 1 <= len(patient) <= 64:
             raise bad_parameter("PatientID", "1-64 characters")
-        since = single(params, "since")
-        since_s = None
-        if since is not None:
-            try:
-                parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            except ValueError:
-                raise bad_parameter("since", "an ISO 8601 date or date-time, e.g. 2026-11-22T10:00:00Z") from None
-            since_s = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        since_s = instant_parameter(params, "since")
         limit = integer_parameter(params, "limit", 100, 1, 1000)
         offset = integer_parameter(params, "offset", 0, 0, 10_000_000)
 

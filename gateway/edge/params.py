@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 
 from pydicom.datadict import tag_for_keyword
@@ -142,6 +143,18 @@ def integer_parameter(params: QueryParams, name: str, default: int, low: int, hi
     if not is_small_integer(raw) or not low <= int(raw) <= high:
         raise bad_parameter(name, f"an integer from {low} to {high}")
     return int(raw)
+
+
+def instant_parameter(params: QueryParams, name: str) -> float | None:
+    """An ISO 8601 date or date-time as POSIX seconds (UTC when it names no offset), when given."""
+    raw = single(params, name)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_parameter(name, "an ISO 8601 date or date-time, e.g. 2026-11-22T10:00:00Z") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 _SMALL_INTEGER = re.compile(r"[0-9]{1,9}")
