@@ -4,7 +4,7 @@ K.6-1, the layout of the contract page's `GET /workitems` example).
 
 `FIELDS` is the one table of both translations: a field's VR check, whether it is required, its UPS destination as a
 path of tags (an element at top level, or inside the single item of a sequence) and its MWL place (likewise). The
-docs/api/worklist.md shows the same table; `worklist_ups` writes and reads the UPS side, `worklist_mwl` the MWL side.
+docs/api/worklist.md shows the same table; `worklist.ups` writes and reads the UPS side, `worklist.mwl` the MWL side.
 
 Dates and times are taken in the spellings clients commonly send and stored as DICOM DA / TM:
 - DA: `YYYYMMDD` or `YYYY-MM-DD`, a real calendar date.
@@ -66,7 +66,7 @@ def _pregnancy(value: Any) -> int:
 
 def _patient_id(value: str) -> str:
     """LO, by the rule of every PatientID the gateway matches (`identifiers.exact_identifier`, the searches'
-    `qido.validate_patient_id`): a workitem is found again, and its study's patient told, by this exact ID. One
+    `edge.params.validate_patient_id`): a workitem is found again, and its study's patient told, by this exact ID. One
     trailing pad space is dropped; other padding, wildcards, lists, controls and spaces other than U+0020 are 400."""
     try:
         return exact_identifier(value, PATIENT_ID_MAX)

@@ -1,7 +1,7 @@
 """`/workitems`: a worklist of simple JSON workitems, kept in the PACS as UPS-RS workitems (PS3.18 §11), shown to
-clients in the Modality Worklist layout of the contract page (`worklist_mwl`), whatever the dialect.
+clients in the Modality Worklist layout of the contract page (`worklist.mwl`), whatever the dialect.
 
-- `POST /workitems`: the simple fields (`worklist_fields.FIELDS`) are validated, translated (`worklist_ups`) and
+- `POST /workitems`: the simple fields (`worklist.fields.FIELDS`) are validated, translated (`worklist.ups`) and
   created upstream with the workitem UID placed where the dialect wants it; the answer is the created workitem as
   the PACS then returns it, in the MWL layout (so a client sees what was stored, not what was meant). A study
   belongs to one patient, whoever the caller: a StudyInstanceUID that holds a workitem of another patient, in any

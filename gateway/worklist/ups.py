@@ -1,7 +1,7 @@
 """The UPS-RS side of a workitem (PS3.18 §11.4, PS3.4 Table CC.2.5-3): the create dataset built from validated
 workitem fields, and those fields read back from a UPS dataset as the PACS returns it.
 
-Used by `gateway.worklist.routes` and `gateway.worklist.mwl`. Where each field goes is `worklist_fields.FIELDS`. What
+Used by `gateway.worklist.routes` and `gateway.worklist.mwl`. Where each field goes is `worklist.fields.FIELDS`. What
 differs per upstream dialect is chosen by `dialect`: `standard` (PS3.18 as written: Type 2 attributes present, empty
 when unknown; TransactionUID present and empty), `azure` (the same: Microsoft's validator checks that Type 2
 attributes are present, PatientBirthDate, PatientSex, AdmissionID and AdmittingDiagnosesDescription included, and
