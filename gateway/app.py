@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes(parts.upstream, parts.metrics),
         *exams.routes(parts.exams, auth, parts.uploads),
         *uids.routes(parts.uids, auth),
-        *workitems.routes(parts.upstream, auth, parts.uids, settings),
+        *workitems.routes(parts.worklist, auth),
         *callbacks.routes(parts.callbacks, auth),
         *dicomweb.routes(parts.viewer, parts.issuer, auth),
         *docs.routes(),

@@ -29,6 +29,7 @@ from gateway.upstream.client import UpstreamClient, UpstreamLimits
 from gateway.upstream.profiles import UpstreamProfile, profile_for
 from gateway.viewer.dicomweb import DicomWeb, ViewerTokenIssuer
 from gateway.viewer.tokens import ViewerTokens
+from gateway.worklist.routes import Worklist
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Components:
     callbacks: Callbacks
     exams: Exams
     uploads: ExamUploads
+    worklist: Worklist
     viewer: DicomWeb
     issuer: ViewerTokenIssuer
 
@@ -63,11 +65,16 @@ def build(settings: Settings) -> Components:
         follower = OrthancChangeFollower(upstream=upstream, store=store, subscribers=settings.subscribers,
                                          poll_s=settings.new_exam_poll_s, on_events=worker.wake)
     token = settings.callback_auth_token
-    callbacks = Callbacks(store, worker, settings.subscribers, authenticator,
-                          token.get_secret_value() if token else None)
-    links = ExamLinks(str(settings.public_base_url))
-    exams = Exams(upstream, links)
-    uploads = ExamUploads(upstream, links, settings.exams_max_upload_bytes, settings.exams_max_files)
+    callbacks = Callbacks(store=store, worker=worker, subscribers=settings.subscribers, authenticator=authenticator,
+                          auth_token=token.get_secret_value() if token else None)
+    links = ExamLinks(public_base_url=str(settings.public_base_url))
+    exams = Exams(upstream=upstream, links=links)
+    uploads = ExamUploads(upstream=upstream, links=links, max_bytes=settings.exams_max_upload_bytes,
+                          max_files=settings.exams_max_files)
+    uids = UidGenerator(settings.dicom_uid_root)
+    worklist = Worklist(upstream=upstream, uids=uids, priority=settings.worklist_priority,
+                        input_readiness=settings.worklist_input_readiness, label=settings.worklist_label,
+                        requester_aet=settings.pacs_requester_aet)
     viewer_secret = settings.viewer_token_secret
     tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
                           settings.viewer_token_ttl_s)
@@ -75,8 +82,8 @@ def build(settings: Settings) -> Components:
                       settings.exams_max_upload_bytes, settings.exams_max_files, frozenset(settings.trusted_proxy_list))
     return Components(
         profile=upstream.profile, metrics=metrics, upstream=upstream, authenticator=authenticator,
-        uids=UidGenerator(settings.dicom_uid_root), engine=engine, store=store, worker=worker, follower=follower,
-        callbacks=callbacks, exams=exams, uploads=uploads, viewer=viewer,
+        uids=uids, engine=engine, store=store, worker=worker, follower=follower,
+        callbacks=callbacks, exams=exams, uploads=uploads, worklist=worklist, viewer=viewer,
         issuer=ViewerTokenIssuer(tokens, exams, settings),
     )
 

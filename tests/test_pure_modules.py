@@ -11,7 +11,14 @@ from starlette.datastructures import QueryParams
 
 from gateway.callbacks.delivery import DeliveryPolicy
 from gateway.dicom import vr
-from gateway.edge.params import date_or_range, integer_parameter, is_small_integer, optional_patient_id, single
+from gateway.edge.params import (
+    date_or_range,
+    instant_parameter,
+    integer_parameter,
+    is_small_integer,
+    optional_patient_id,
+    single,
+)
 from gateway.errors import BadRequest
 
 
@@ -118,3 +125,78 @@ def test_backoff_doubles_with_equal_jitter_and_is_capped() -> None:
         assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
         assert max(waits) - min(waits) > ceiling / 4  # spread out, not one fixed value
     assert policy.backoff(10_000) <= 300.0  # no overflow for an absurd attempt count
+
+
+# Each endpoint's date and time rule, all in gateway.dicom.vr (issue 12): what it takes, what it makes of it, and
+# what it refuses with which message (the messages are those of the endpoints' error bodies).
+@pytest.mark.parametrize(("check", "value", "stored"), [
+    (vr.da_or_range, "20240101-", "20240101-"),  # /exams StudyDate: as given
+    (vr.optional_da, None, None),  # callback StudyDate, PatientBirthDate: unknown
+    (vr.optional_da, "", ""),
+    (vr.optional_da, "20000229", "20000229"),
+    (vr.loose_da, "2024-02-29", "20240229"),  # workitem dates
+    (vr.loose_da, "20240229", "20240229"),
+    (vr.loose_da_range, "2024-01-01-2024-02-01", ("20240101", "20240201")),  # GET /workitems start date
+    (vr.loose_da_range, "20240101-", ("20240101", "")),
+    (vr.loose_da_range, "-2024-02-01", ("", "20240201")),
+    (vr.loose_da_range, "2024-01-01", ("20240101", "20240101")),
+    (vr.loose_tm, "0930", "093000"),  # workitem start time
+    (vr.loose_tm, "09:30", "093000"),
+    (vr.loose_tm, "09:30:15.5", "093015.5"),
+    (vr.loose_tm, "235959.123456", "235959.123456"),
+    (vr.optional_tm_shape, "12", "12"),  # callback StudyTime: the shape only, as sent
+    (vr.optional_tm_shape, "999999.1", "999999.1"),
+    (vr.optional_tm_shape, "", ""),
+    (vr.optional_tm_shape, None, None),
+])
+def test_each_endpoints_date_or_time_is_taken(check: object, value: str | None, stored: object) -> None:
+    assert callable(check)
+    assert check(value) == stored
+
+
+@pytest.mark.parametrize(("check", "value", "message"), [
+    (vr.da, "20010229", "20010229 is not a calendar date"),
+    (vr.da, "2001-02-2", "a date YYYYMMDD"),
+    (vr.da_or_range, "-", "a date YYYYMMDD or a range A-B, A- or -B"),
+    (vr.da_or_range, "20241312", "'20241312' is not a date YYYYMMDD"),
+    (vr.da_or_range, "2024-01-01", "'2024' is not a date YYYYMMDD"),
+    (vr.da_or_range, "20240102-20240101", "the range ends before it starts"),
+    (vr.optional_da, "2024010", "a date YYYYMMDD"),
+    (vr.optional_da, "\u00b2" * 8, "a date YYYYMMDD"),
+    (vr.optional_da, "20241301", "not a real date"),
+    (vr.loose_da, "2024-0101", "a date YYYYMMDD or YYYY-MM-DD"),
+    (vr.loose_da, "2023-02-29", "2023-02-29 is not a calendar date"),
+    (vr.loose_da_range, "2024-02-01-2024-01-01", "the range ends before it starts"),
+    (vr.loose_da_range, "-", "a date YYYYMMDD or YYYY-MM-DD, or a range A-B, A- or -B of such dates"),
+    (vr.loose_da_range, "2024-13-01", "2024-13-01 is not a calendar date"),
+    (vr.tm, "1200", "a time HHMMSS or HHMMSS.FFFFFF"),
+    (vr.tm, "126000", "126000 is not a time of day"),
+    (vr.loose_tm, "12:00:60", "12:00:60 is not a time of day (00:00:00 to 23:59:59)"),
+    (vr.loose_tm, "12:0000", "a time HHMMSS, HHMM, HH:MM:SS or HH:MM, with at most 6 digits of fractional seconds"),
+    (vr.loose_tm, "12", "a time HHMMSS, HHMM, HH:MM:SS or HH:MM, with at most 6 digits of fractional seconds"),
+    (vr.optional_tm_shape, "123", "a time HHMMSS[.FFFFFF]"),
+    (vr.optional_tm_shape, "12:00", "a time HHMMSS[.FFFFFF]"),
+])
+def test_each_endpoints_date_or_time_refusal_says_why(check: object, value: str, message: str) -> None:
+    assert callable(check)
+    with pytest.raises(vr.VrError) as raised:
+        check(value)
+    assert str(raised.value) == message
+
+
+def test_a_workitem_start_date_range_covers_whole_days() -> None:
+    assert vr.day_range_dt("20240101", "20240102") == "20240101000000-20240102235959"
+    assert vr.day_range_dt("20240101", "") == "20240101000000-"
+    assert vr.day_range_dt("", "20240102") == "-20240102235959"
+
+
+def test_an_instant_is_iso_8601_in_utc_unless_it_names_an_offset() -> None:
+    assert instant_parameter(QueryParams(""), "since") is None
+    assert instant_parameter(QueryParams("since=2026-11-22T10:00:00Z"), "since") == 1795341600.0
+    assert instant_parameter(QueryParams("since=2026-11-22T10:00:00"), "since") == 1795341600.0
+    assert instant_parameter(QueryParams("since=2026-11-22T11:00:00%2B01:00"), "since") == 1795341600.0
+    assert instant_parameter(QueryParams("since=2026-11-22"), "since") == 1795305600.0
+    for query in ("since=yesterday", "since=1&since=2"):
+        with pytest.raises(BadRequest) as raised:
+            instant_parameter(QueryParams(query), "since")
+        assert raised.value.details == {"parameter": "since"}

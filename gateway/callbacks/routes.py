@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -52,9 +51,10 @@ from starlette.routing import Route
 
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.callbacks.delivery import DeliveryWorker
+from gateway.dicom import vr
 from gateway.dicom.uid import is_valid_uid
 from gateway.edge.bodies import read_json_object
-from gateway.edge.params import bad_parameter, integer_parameter, single
+from gateway.edge.params import bad_parameter, instant_parameter, integer_parameter, single
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.store.events import EventStore, NewEvent, StoredEvent
 
@@ -62,7 +62,6 @@ MAX_BODY_BYTES = 64 * 1024  # the caps and the batch: see the module's docstring
 MAX_BODY_VALUES = 4096
 LIST_BATCH = 50
 MEDIA_TYPES = frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded", ""})
-_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 _MAX_COUNT = 10_000_000
 _SEXES = frozenset({"M", "F", "O"})  # PS3.3 C.7.1.1 Patient's Sex (0010,0040): the enumerated values
 
@@ -99,18 +98,6 @@ Texts = Annotated[list[Annotated[StrictStr, Field(max_length=64)]], BeforeValida
 Count = Annotated[StrictInt, BeforeValidator(_count), Field(ge=0, le=_MAX_COUNT)]
 
 
-def _date(value: str | None) -> str | None:
-    if value is None or value == "":
-        return value
-    if not (len(value) == 8 and value.isascii() and value.isdigit()):
-        raise ValueError("a date YYYYMMDD")
-    try:
-        datetime.strptime(value, "%Y%m%d")
-    except ValueError:
-        raise ValueError("not a real date") from None
-    return value
-
-
 class NewExamEvent(BaseModel):
     """The callback body: known fields are type-checked, unknown ones kept as sent."""
 
@@ -145,14 +132,12 @@ class NewExamEvent(BaseModel):
     @field_validator("StudyDate", "PatientBirthDate")
     @classmethod
     def _dates(cls, value: str | None) -> str | None:
-        return _date(value)
+        return vr.optional_da(value)
 
     @field_validator("StudyTime")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value and not _TIME.fullmatch(value):
-            raise ValueError("a time HHMMSS[.FFFFFF]")
-        return value
+        return vr.optional_tm_shape(value)
 
 
 # The event's fields by their names casefolded (gateway.edge.bodies: decoders that ignore case would read `patientID`
@@ -212,7 +197,7 @@ def _json(value: Any) -> bytes:
 
 
 class Callbacks:
-    def __init__(self, store: EventStore, worker: DeliveryWorker, subscribers: list[str],
+    def __init__(self, *, store: EventStore, worker: DeliveryWorker, subscribers: list[str],
                  authenticator: Authenticator, auth_token: str | None) -> None:
         self._store = store
         self._worker = worker
@@ -254,14 +239,7 @@ class Callbacks:
         patient = single(params, "PatientID")
         if patient is not None and not 1 <= len(patient) <= 64:
             raise bad_parameter("PatientID", "1-64 characters")
-        since = single(params, "since")
-        since_s = None
-        if since is not None:
-            try:
-                parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            except ValueError:
-                raise bad_parameter("since", "an ISO 8601 date or date-time, e.g. 2026-11-22T10:00:00Z") from None
-            since_s = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        since_s = instant_parameter(params, "since")
         limit = integer_parameter(params, "limit", 100, 1, 1000)
         offset = integer_parameter(params, "offset", 0, 0, 10_000_000)
 

@@ -170,26 +170,19 @@ class _Walker:
         """The VR the element at `pos` carries (None in implicit VR)."""
         return bytes(self.data[pos + 4 : pos + 6]).decode("ascii") if self.explicit else None
 
-    def skip_undefined(self, pos: int) -> int:
-        """Skip the items of an undefined-length sequence starting at `pos`; return what follows its delimiter."""
+    def skip_undefined(self, pos: int, *, item: bool = False) -> int:
+        """Skip the items of an undefined-length sequence starting at `pos` (with `item`: the elements of an
+        undefined-length item, whose undefined-length elements are sequences); return what follows its delimiter."""
+        end = _ITEM_END if item else _SEQUENCE_END
         while True:
             tag, length, header = self.element(pos)
             pos += header
-            if tag == _SEQUENCE_END:
+            if tag == end:
                 return pos
-            if tag != _ITEM:
+            if not item and tag != _ITEM:
                 raise _Unsupported  # e.g. encapsulated pixel data fragments: not before group 0020 in sane files
-            pos = self._skip_item(pos) if length == _UNDEFINED else pos + length
-
-    def _skip_item(self, pos: int) -> int:
-        """Skip the elements of an undefined-length item; return what follows its delimiter."""
-        while True:
-            tag, length, header = self.element(pos)
-            pos += header
-            if tag == _ITEM_END:
-                return pos
-            pos = self.skip_undefined(pos) if length == _UNDEFINED else pos + length
-            if pos > len(self.data):
+            pos = self.skip_undefined(pos, item=not item) if length == _UNDEFINED else pos + length
+            if item and pos > len(self.data):
                 raise _Unsupported
 
 
@@ -219,7 +212,8 @@ def check_structure(data: bytes | memoryview | Any) -> None:
         raise StructureError(f"the file's structure does not add up ({type(exc).__name__})") from None
 
 
-def _check(data: Any) -> None:
+def _dataset_start(data: Any) -> tuple[int, bool, bool]:
+    """Where the dataset starts after the file meta group, whether its VRs are explicit, whether it is big endian."""
     if bytes(data[_MAGIC_AT : _MAGIC_AT + 4]) != b"DICM":
         raise StructureError("no DICM prefix")
     try:
@@ -230,10 +224,18 @@ def _check(data: Any) -> None:
         raise StructureError("deflated files are not accepted")
     big = syntax == _EXPLICIT_BE
     explicit = syntax != IMPLICIT_LE
+    if explicit and not big and pos + 6 <= len(data) and bytes(data[pos + 4 : pos + 6]) not in _KNOWN_VRS:
+        explicit = False  # an implicit dataset under an explicit syntax: pydicom and DCMTK read it so too
+    return pos, explicit, big
+
+
+def _check(data: Any) -> None:
+    # Over 60 lines on purpose: this one loop visits every element of every uploaded file, the hot path of
+    # `make bench` (docs/benchmarks.md). Its branches stay inline because a function call per element costs more
+    # than the checks themselves; what runs once per file is in `_dataset_start`.
+    pos, explicit, big = _dataset_start(data)
     u16, u32, tag_struct = (_U16_BE, _U32_BE, _TAG_BE) if big else (_U16, _U32, _TAG)
     end = len(data)
-    if explicit and not big and pos + 6 <= end and bytes(data[pos + 4 : pos + 6]) not in _KNOWN_VRS:
-        explicit = False  # an implicit dataset under an explicit syntax: pydicom and DCMTK read it so too
     # Open containers: (kind, end offset or None when delimited, explicit VR inside). kind: "seq", "item", "pixels".
     stack: list[tuple[str, int | None, bool]] = []
     previous_top = -1

@@ -1,4 +1,9 @@
-"""Reading a JSON request body at the edge: the media type, a size cap (also for chunked bodies), the parse.
+"""Request bodies at the edge: the one intake guard every body passes, and the JSON bodies read through it.
+
+The guard (`accept_media_type`, then `capped`: a declared Content-Length past the cap is 413 before anything is
+read, and the receive is cut off with 413 as soon as the bytes passed the cap, also for a chunked body) serves the
+JSON bodies here, the multipart/form-data uploads (`gateway.edge.formdata.read_form`) and the multipart/related
+intake (`gateway.edge.related`).
 
 `read_json` takes `application/json` only (the workitems); `read_json_object` takes the media types its caller
 lists and keeps the bytes as received (the new-exam callback, which PACSs send under whatever type their vendor
@@ -21,12 +26,14 @@ import math
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Message, Receive
 
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 # Deep enough for any body the gateway reads (a callback event or a workitem is flat; DICOM JSON nests three levels
 # per sequence), shallow enough that nothing downstream (pydantic, the JSON encoder, the database) recurses far.
 MAX_JSON_DEPTH = 32
+_JSON = frozenset({"application/json"})
 
 
 async def read_json(request: Request, *, max_bytes: int, what: str) -> Any:
@@ -35,10 +42,7 @@ async def read_json(request: Request, *, max_bytes: int, what: str) -> Any:
 
     `what` names the thing sent, for the messages ("the event", "the workitem").
     """
-    content_type = request.headers.get("content-type", "")
-    if media_type(content_type) != "application/json":
-        raise UnsupportedMediaType(f"{request.method} {request.url.path} takes application/json",
-                                   {"content_type": content_type})
+    accept_media_type(request, _JSON, f"{request.method} {request.url.path} takes application/json")
     body = await read_body(request, max_bytes=max_bytes, what=what)
     try:
         value = json.loads(body)
@@ -63,13 +67,9 @@ async def read_json_object(request: Request, *, max_bytes: int, max_values: int,
     `_unique_names`), hold more than `max_values` values (every object, array, string, number, `true`, `false`
     and `null`, the body itself included), or hold a value the gateway could not store and serve back.
     """
-    content_type = request.headers.get("content-type", "")
-    kind = media_type(content_type)
-    if kind not in media_types:
-        accepted = sorted(media_types - {""})
-        raise UnsupportedMediaType(f"{request.method} {request.url.path} takes a JSON object sent as "
-                                   f"{', '.join(accepted)} or without a Content-Type",
-                                   {"content_type": content_type, "accepted": accepted})
+    accepted = sorted(media_types - {""})
+    kind = accept_media_type(request, media_types, f"{request.method} {request.url.path} takes a JSON object sent "
+                             f"as {', '.join(accepted)} or without a Content-Type", listed=True)
     raw = await read_body(request, max_bytes=max_bytes, what=what)
     # curl --data sends the JSON text as is under application/x-www-form-urlencoded: a real form ("a=1&b=2")
     # or URL-encoded JSON is not the object asked for, and the answer says how the body was read.
@@ -109,18 +109,57 @@ def media_type(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, *, max_bytes: int, what: str) -> bytes:
-    """The whole body; 413 past `max_bytes`, from Content-Length when it says so, else while reading (chunked)."""
+def accept_media_type(request: Request, accepted: frozenset[str], refusal: str, *, listed: bool = False) -> str:
+    """The body's media type (`media_type`); 415 with `refusal` unless it is one of `accepted` (`""` there takes a
+    request without a Content-Type). The error names the Content-Type sent, and the accepted types when `listed`."""
+    content_type = request.headers.get("content-type", "")
+    kind = media_type(content_type)
+    if kind not in accepted:
+        details: dict[str, object] = {"content_type": content_type}
+        if listed:
+            details["accepted"] = sorted(accepted - {""})
+        raise UnsupportedMediaType(refusal, details)
+    return kind
+
+
+def declared_length(request: Request) -> int | None:
+    """The Content-Length, when it is one (ASCII digits: `str.isdigit` alone would take '²')."""
     declared = request.headers.get("content-length", "")
-    too_large = PayloadTooLarge(f"{what} is larger than the gateway accepts", {"limit_bytes": max_bytes})
-    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large
-    return bytes(body)
+    return int(declared) if declared.isascii() and declared.isdigit() else None
+
+
+def capped(request: Request, *, max_bytes: int, what: str) -> Request:
+    """The request with its body capped at `max_bytes`: 413 now when its Content-Length says more, else as soon as
+    the bytes received pass it (a chunked body, or one longer than declared). `what` names it in the message."""
+    declared = declared_length(request)
+    if declared is not None and declared > max_bytes:
+        raise too_large(what, max_bytes)
+    return Request(request.scope, capped_receive(request.receive, max_bytes=max_bytes, what=what))
+
+
+def capped_receive(receive: Receive, *, max_bytes: int, what: str) -> Receive:
+    """`receive`, refused with 413 as soon as the body's bytes pass `max_bytes`."""
+    seen = 0
+
+    async def receive_capped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise too_large(what, max_bytes)
+        return message
+
+    return receive_capped
+
+
+def too_large(what: str, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"{what} is larger than the gateway accepts", {"limit_bytes": max_bytes})
+
+
+async def read_body(request: Request, *, max_bytes: int, what: str) -> bytes:
+    """The whole body, through the guard (`capped`)."""
+    return await capped(request, max_bytes=max_bytes, what=what).body()
 
 
 class _RepeatedName(ValueError):

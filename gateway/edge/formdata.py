@@ -1,4 +1,5 @@
-"""A fast path for small multipart/form-data bodies (RFC 7578): split in one pass over bytes already in memory.
+"""multipart/form-data bodies (RFC 7578), read through the intake guard (`gateway.edge.bodies`), with a fast path
+for small ones: split in one pass over bytes already in memory.
 
 python-multipart, behind Starlette's `Request.form()`, parses in Python callbacks per part and spools each file;
 for an upload of ten 9 KB instances that is a good part of the gateway's own time. Bodies up to `SMALL_BODY` bytes
@@ -11,8 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData
+from starlette.requests import Request
+
+from gateway.edge.bodies import accept_media_type, capped, declared_length
 
 SMALL_BODY = 4 * 1024 * 1024
+_FORM_DATA = frozenset({"multipart/form-data"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +26,21 @@ class FormField:
     name: str
     filename: str | None  # None for a text field
     value: memoryview  # a view of the request body
+
+
+async def read_form(request: Request, *, max_bytes: int, max_files: int, refusal: str, what: str
+                    ) -> list[FormField] | FormData:
+    """The request's multipart/form-data body: 415 with `refusal` for another media type, 413 past `max_bytes`
+    (`bodies.capped`). A body declared at most `SMALL_BODY` long is read whole and split here; a larger, streamed
+    or unusual one goes to Starlette's parser (which reuses a body already read): the caller closes its FormData."""
+    accept_media_type(request, _FORM_DATA, refusal)
+    limited = capped(request, max_bytes=max_bytes, what=what)
+    declared = declared_length(request)
+    if declared is not None and declared <= SMALL_BODY:
+        fields = split_form(await limited.body(), request.headers.get("content-type", ""), max_files)
+        if fields is not None:
+            return fields
+    return await limited.form(max_files=max_files, max_fields=100)
 
 
 def split_form(body: bytes, content_type: str, max_files: int) -> list[FormField] | None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 
 from pydicom.datadict import tag_for_keyword
 from starlette.datastructures import QueryParams
 
+from gateway.dicom import vr
 from gateway.dicom.identifiers import MATCHING_CHARACTERS as MATCHING_CHARACTERS  # re-exported for the routes
 from gateway.dicom.identifiers import IdentifierError, exact_identifier
 from gateway.dicom.uid import is_valid_uid
@@ -144,6 +145,18 @@ def integer_parameter(params: QueryParams, name: str, default: int, low: int, hi
     return int(raw)
 
 
+def instant_parameter(params: QueryParams, name: str) -> float | None:
+    """An ISO 8601 date or date-time as POSIX seconds (UTC when it names no offset), when given."""
+    raw = single(params, name)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_parameter(name, "an ISO 8601 date or date-time, e.g. 2026-11-22T10:00:00Z") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
 _SMALL_INTEGER = re.compile(r"[0-9]{1,9}")
 
 
@@ -153,25 +166,11 @@ def is_small_integer(raw: str) -> bool:
 
 
 def date_or_range(name: str, value: str) -> str:
-    """A date (YYYYMMDD) or a range `A-B`, `A-`, `-B` of real dates (PS3.4 §C.2.2.2.5)."""
-    start, dash, end = value.partition("-")
-    parts = [p for p in (start, end) if p]
-    if not parts or (dash and value == "-"):
-        raise bad_parameter(name, "a date YYYYMMDD or a range A-B, A- or -B")
-    for part in parts:
-        if len(part) != 8 or not part.isdigit() or not _is_calendar_date(part):
-            raise bad_parameter(name, f"{part!r} is not a date YYYYMMDD")
-    if start and end and start > end:
-        raise bad_parameter(name, "the range ends before it starts")
-    return value
-
-
-def _is_calendar_date(value: str) -> bool:
+    """StudyDate: a date (YYYYMMDD) or a range `A-B`, `A-`, `-B` of real dates (`gateway.dicom.vr.da_or_range`)."""
     try:
-        datetime.strptime(value, "%Y%m%d")
-    except ValueError:
-        return False
-    return True
+        return vr.da_or_range(value)
+    except vr.VrError as exc:
+        raise bad_parameter(name, str(exc)) from None
 
 
 def _code_strings(name: str, value: str) -> str:

@@ -1,7 +1,11 @@
 """A multipart/related request body (PS3.18 §8.6.1, STOW-RS) spooled part by part to temporary files.
 
 Each part goes to its own spooled file (memory up to 1 MiB, then disk), so a large upload never sits in memory;
-the total is capped (413 as soon as it is passed) and so is the number of parts.
+the total is capped by the intake guard's receive (`gateway.edge.bodies.capped_receive`: 413 as soon as it is
+passed) and so is the number of parts. The media type is the caller's to check (STOW-RS takes `multipart/related`
+with parameters). Unlike `bodies.capped`, a Content-Length past the cap is not refused before reading (as it
+never was here): a body that is malformed or has too many parts in its first bytes is answered 400 whatever its
+declared length.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from python_multipart.multipart import MultipartParser
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from gateway.edge.bodies import capped_receive
 from gateway.edge.multipart import MultipartError, boundary_of
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest
 
 _SPOOL = 1024 * 1024
 
@@ -57,17 +62,10 @@ async def spool_related(request: Request, *, max_bytes: int, max_parts: int) -> 
 
 
 async def _feed(request: Request, parser: MultipartParser, max_bytes: int) -> None:
-    total = 0
+    limited = Request(request.scope, capped_receive(request.receive, max_bytes=max_bytes, what="the upload"))
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            _check_size(total, max_bytes)
+        async for chunk in limited.stream():
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
         raise BadRequest("the multipart/related body is malformed", {"reason": str(exc)[:200]}) from None
-
-
-def _check_size(total: int, max_bytes: int) -> None:
-    if total > max_bytes:
-        raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": max_bytes})

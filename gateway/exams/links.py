@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 
 class ExamLinks:
-    def __init__(self, public_base_url: str) -> None:
+    def __init__(self, *, public_base_url: str) -> None:
         self._base = public_base_url.rstrip("/")
 
     def _patient(self, patient_id: str) -> str:

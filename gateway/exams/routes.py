@@ -66,7 +66,7 @@ PRIVATE = {"Cache-Control": "private, no-store"}  # patient data: never kept by 
 
 
 class Exams:
-    def __init__(self, upstream: UpstreamClient, links: ExamLinks) -> None:
+    def __init__(self, *, upstream: UpstreamClient, links: ExamLinks) -> None:
         self._upstream = upstream
         self._profile = upstream.profile
         self._links = links

@@ -13,160 +13,52 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import structlog
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message, Receive
 
 from gateway.auth.callers import Caller, Role
 from gateway.auth.scope import require_patient_access
 from gateway.dicom.dicomjson import DicomJson
 from gateway.dicom.media import DICOM_JSON
-from gateway.dicom.part10 import (
-    PREAMBLE_LENGTH,
-    ZERO_PREAMBLE,
-    InstanceHeader,
-    check_data_structure,
-    check_file_structure,
-    read_header,
-    read_header_data,
-)
-from gateway.dicom.tags import (
-    FAILED_SOP_SEQUENCE,
-    FAILURE_REASON,
-    REFERENCED_SOP_CLASS_UID,
-    REFERENCED_SOP_INSTANCE_UID,
-    REFERENCED_SOP_SEQUENCE,
-    RETRIEVE_URL,
-    SOP_INSTANCE_UID,
-)
+from gateway.dicom.part10 import InstanceHeader
+from gateway.dicom.tags import SOP_INSTANCE_UID
 from gateway.edge.context import note
-from gateway.edge.formdata import SMALL_BODY, FormField, split_form
-from gateway.edge.multipart import PART_SEPARATOR, new_boundary, related_closing, related_part_header
-from gateway.errors import BadRequest, Conflict, Forbidden, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
+from gateway.edge.formdata import read_form
+from gateway.errors import BadRequest, Conflict, Forbidden
+from gateway.exams.files import FilePart as FilePart  # re-exported: gateway.viewer.dicomweb takes it from here
+from gateway.exams.files import Upload, file_parts
 from gateway.exams.links import ExamLinks
 from gateway.exams.readback import verify_filed_patient
-from gateway.upstream.client import UpstreamClient, UpstreamStream
+from gateway.exams.shared_uids import SharedUids, refuse_mixed, refuse_taken
+from gateway.exams.stow import add_duplicates, failure_detail, point_at_gateway, store, stow_failures
+from gateway.upstream.client import UpstreamClient
 from gateway.upstream.orthanc import orthanc_id
-from gateway.upstream.ownership import Ownership, Resource
 
-log = structlog.get_logger(__name__)
-
-# Azure DICOM service's failure reason for "an instance with these UIDs is already stored"; clients of the product
-# this API comes from look for it.
-ALREADY_STORED = 45070
-# Failure reasons that mean "already there": Azure's 45070 and 0x0111, "Duplicate SOP Instance" (PS3.7 §C.4.2).
-_DUPLICATE_REASONS = frozenset({ALREADY_STORED, 0x0111})
-_CHUNK = 1024 * 1024
 _UIDS_PER_LOOKUP = 40  # keeps the lookup URL under ~3 KB
 
 
-@dataclass(frozen=True, slots=True)
-class FilePart:
-    """One uploaded file: a view of a request body held in memory, or a file spooled by Starlette's parser."""
-
-    filename: str
-    data: memoryview | None = None
-    spooled: UploadFile | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.data) if self.data is not None else (self.spooled.size or 0) if self.spooled else 0
-
-    @property
-    def blocks(self) -> bool:
-        """Reading it blocks (a file rolled to disk): read it from a worker thread."""
-        return self.spooled is not None and not self.spooled._in_memory
-
-    def header(self) -> InstanceHeader:
-        if self.data is not None:
-            return read_header_data(self.data, self.filename)
-        assert self.spooled is not None
-        return read_header(self.spooled.file, self.filename, check=False)
-
-    def check_structure(self) -> None:
-        if self.data is not None:
-            check_data_structure(self.data, self.filename)
-        else:
-            assert self.spooled is not None
-            check_file_structure(self.spooled.file, self.filename, in_memory=self.spooled._in_memory)
-
-    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
-        """The file after its preamble, in pieces of at most `_CHUNK` bytes."""
-        if self.data is not None:
-            yield self.data[PREAMBLE_LENGTH:]
-            return
-        assert self.spooled is not None
-        await self.spooled.seek(PREAMBLE_LENGTH)
-        while chunk := await self.spooled.read(_CHUNK):
-            yield chunk
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    part: FilePart
-    header: InstanceHeader
-
-    @property
-    def filename(self) -> str:
-        return self.part.filename
-
-    @property
-    def size(self) -> int:
-        return self.part.size
-
-
-def _limited(receive: Receive, limit: int) -> Receive:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (also when sent chunked)."""
-    seen = 0
-
-    async def receive_limited() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": limit})
-        return message
-
-    return receive_limited
-
-
 class ExamUploads:
-    def __init__(self, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
+    def __init__(self, *, upstream: UpstreamClient, links: ExamLinks, max_bytes: int, max_files: int) -> None:
         self._upstream = upstream
-        self._ownership = Ownership(upstream)
+        self._shared = SharedUids(upstream=upstream)
         self._links = links
         self._max_bytes = max_bytes
         self._max_files = max_files
 
     async def upload(self, request: Request, caller: Caller) -> Response:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "multipart/form-data":
-            raise UnsupportedMediaType("POST /exams takes multipart/form-data", {"content_type": content_type})
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
-            raise PayloadTooLarge("the upload is larger than the gateway accepts", {"limit_bytes": self._max_bytes})
-        limited = Request(request.scope, _limited(request.receive, self._max_bytes))
-        fields = None
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) <= SMALL_BODY:
-            fields = split_form(await limited.body(), content_type, self._max_files)
-        form = None
-        if fields is None:  # large, streamed, or unusual: Starlette's parser (it reuses a body already read)
-            form = await limited.form(max_files=self._max_files, max_fields=100)
+        body = await read_form(request, max_bytes=self._max_bytes, max_files=self._max_files,
+                               refusal="POST /exams takes multipart/form-data", what="the upload")
+        form = body if isinstance(body, FormData) else None
         try:
-            dataset, fresh, duplicates = await self.accept(_file_parts(fields, form), caller)
+            dataset, fresh, duplicates = await self.accept(file_parts(body), caller)
         finally:
             if form is not None:
                 await form.close()
-        self._point_at_gateway(dataset, fresh)
-        self.add_duplicates(dataset, duplicates)
+        point_at_gateway(self._links, dataset, fresh)
+        add_duplicates(dataset, duplicates)
         return JSONResponse([dataset.raw], headers={"Cache-Control": "no-store"})
 
     async def accept(self, parts: list[FilePart], caller: Caller, *, study: str | None = None
@@ -183,8 +75,8 @@ class ExamUploads:
                                     {"file": item.filename, "StudyInstanceUID": item.header.study_uid})
             # The lookups (round trips to the PACS, the first sent while the other headers were read) run while the
             # files' structure is checked (CPU); nothing is stored before the duplicates are known.
-            _refuse_mixed(uploads)
-            taken = asyncio.create_task(self._taken_uids(uploads))
+            refuse_mixed(uploads)
+            taken = asyncio.create_task(self._shared.taken(uploads))
             lookup = asyncio.create_task(self._split_duplicates(uploads, caller, series))
             # A clinician's upload on Orthanc does not wait for the shared-UID lookups: when they answer only after
             # the store has begun, a refusal removes the stored instances again (by their exact ids), the same
@@ -194,19 +86,19 @@ class ExamUploads:
             try:
                 await self._check_structures(uploads)
                 if not optimistic:
-                    _refuse_taken(await taken)
+                    refuse_taken(await taken)
                 fresh, duplicates = await lookup
                 if not fresh:
                     raise Conflict(
                         "every instance is already stored",
-                        {"failures": [_failure_detail(item) for item in duplicates],
-                         "response": [_stow_failures(duplicates).raw]},
+                        {"failures": [failure_detail(item) for item in duplicates],
+                         "response": [stow_failures(duplicates).raw]},
                     )
                 if taken.done():
-                    _refuse_taken(taken.result())
-                dataset = await self._store(fresh)
+                    refuse_taken(taken.result())
+                dataset = await store(self._upstream, fresh)
                 if optimistic:
-                    await self._refuse_taken_after_store(await taken, fresh)
+                    await self._shared.refuse_after_store(await taken, fresh)
             finally:
                 for task in (taken, lookup):
                     task.cancel()
@@ -215,7 +107,7 @@ class ExamUploads:
                 # Defence in depth: filed under exactly the checked PatientID, and no UID it took raced another
                 # patient's upload into the same new UIDs.
                 failures = await asyncio.gather(verify_filed_patient(self._upstream, fresh, dataset),
-                                                self._recheck_after_store(fresh), return_exceptions=True)
+                                                self._shared.recheck_after_store(fresh), return_exceptions=True)
                 for failure in failures:
                     if isinstance(failure, BaseException):
                         raise failure
@@ -224,56 +116,10 @@ class ExamUploads:
         note(instances=len(fresh), duplicates=len(duplicates), upload_bytes=sum(item.size for item in fresh))
         return dataset, fresh, duplicates
 
-    async def _taken_uids(self, uploads: list[Upload]) -> set[str]:
-        """The upload's study and series UIDs under which the PACS already holds another patient's data
-        (`gateway.upstream.ownership`); an upload holding them is 409 `uid_in_use`, without saying whose."""
-        by_patient: dict[str, set[Resource]] = {}
-        for header in (item.header for item in uploads):
-            by_patient.setdefault(header.patient_id, set()).update(
-                (Resource(header.study_uid), Resource(header.study_uid, header.series_uid)))
-        answers = await asyncio.gather(*(self._ownership.held_by_others(patient, resources)
-                                         for patient, resources in by_patient.items()))
-        return set().union(*answers)
-
-    async def _refuse_taken_after_store(self, taken: set[str], stored: list[Upload]) -> None:
-        if not taken:
-            return
-        removed = await self._remove(stored)
-        log.warning("security_shared_uid_upload", message="an upload named UIDs that hold another patient's data; "
-                    "its stored instances were removed", instances=len(stored), removed=removed)
-        _refuse_taken(taken)
-
-    async def _recheck_after_store(self, stored: list[Upload]) -> None:
-        """After a patient's upload: the checks before the store cannot see another upload racing into the same new
-        study, series or SOP Instance UIDs. When another patient's data now shares one with this upload, this
-        upload's instances are removed (where the profile can: the first stored keeps the UIDs) and it is 409."""
-        patient_id = stored[0].header.patient_id  # a patient's upload holds that patient's files only
-        resources = {r for h in (item.header for item in stored) for r in (
-            Resource(h.study_uid), Resource(h.study_uid, h.series_uid),
-            Resource(h.study_uid, h.series_uid, h.sop_instance_uid))}
-        try:
-            _refuse_taken(await self._ownership.held_by_others(patient_id, resources))
-        except Conflict:
-            removed = await self._remove(stored)
-            log.warning("security_upload_race", message="an upload raced another patient's into the same UIDs",
-                        instances=len(stored), removed=removed)
-            raise
-
-    async def _remove(self, stored: list[Upload]) -> int:
-        """Delete exactly these instances (this patient's, by their computed Orthanc ids); how many were deleted."""
-        if not self._upstream.profile.deletes_instances_natively:
-            return 0
-        ids = [orthanc_id(h.patient_id, h.study_uid, h.series_uid, h.sop_instance_uid)
-               for h in (item.header for item in stored)]
-        statuses = await asyncio.gather(*(
-            self._upstream.native_call("DELETE", f"instances/{i}", operation="stow_race_remove") for i in ids))
-        return sum(status == 200 for status, _ in statuses)
-
     @staticmethod
     def add_duplicates(dataset: DicomJson, duplicates: list[Upload]) -> None:
-        if duplicates:
-            failed = [*dataset.items(FAILED_SOP_SEQUENCE), *_stow_failures(duplicates).items(FAILED_SOP_SEQUENCE)]
-            dataset.set_sequence(FAILED_SOP_SEQUENCE, failed)
+        """The duplicates listed as failed in the STOW-RS answer (`gateway.exams.stow.add_duplicates`)."""
+        add_duplicates(dataset, duplicates)
 
     async def _parse(self, parts: list[FilePart], caller: Caller, series: _SeriesLookups) -> list[Upload]:
         if not parts:
@@ -353,112 +199,6 @@ class ExamUploads:
                 )
         return stored
 
-    async def _store(self, uploads: list[Upload]) -> DicomJson:
-        boundary = new_boundary()
-        heads = [related_part_header(boundary, "application/dicom", item.size) for item in uploads]
-        closing = related_closing(boundary)
-        length = sum(len(h) + item.size + len(PART_SEPARATOR) for h, item in zip(heads, uploads, strict=True))
-        length += len(closing)
-
-        async def body() -> AsyncIterator[bytes | memoryview]:
-            # Small pieces are gathered into writes of up to 1 MiB: one socket write per piece would cost more CPU
-            # than the bytes themselves for small instances.
-            pending = bytearray()
-            for head, item in zip(heads, uploads, strict=True):
-                pending += head
-                pending += ZERO_PREAMBLE  # PS3.10 §7.1: the preamble as the gateway stores it
-                async for chunk in item.part.chunks():
-                    if len(pending) + len(chunk) > _CHUNK:
-                        if pending:
-                            yield bytes(pending)
-                            pending.clear()
-                        if len(chunk) >= _CHUNK // 2:
-                            yield chunk  # a large piece goes as it is, not copied
-                            continue
-                    pending += chunk
-                pending += PART_SEPARATOR
-            pending += closing
-            yield bytes(pending)
-
-        content: bytes | AsyncIterator[bytes | memoryview] = body()
-        if length <= _CHUNK:  # small: one buffer, one write upstream (aiohttp warns about larger byte bodies)
-            content = b"".join([chunk async for chunk in body()])
-        response = await self._upstream.open_stream(
-            "POST", "studies", operation="stow", content=content,
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Content-Length": str(length),
-                "Accept": DICOM_JSON,
-            },
-        )
-        try:
-            payload = await response.read()
-        finally:
-            await response.aclose()
-        return _stow_answer(response, payload)
-
-    def _point_at_gateway(self, dataset: DicomJson, uploads: list[Upload]) -> None:
-        """RetrieveURLs name the gateway's `/exams` paths, never the internal PACS (PS3.18 §10.5.3)."""
-        by_uid = {item.header.sop_instance_uid: item.header for item in uploads}
-        for item in dataset.items(REFERENCED_SOP_SEQUENCE):
-            header = by_uid.get(item.string(REFERENCED_SOP_INSTANCE_UID) or "")
-            if header is None:
-                item.remove(RETRIEVE_URL)
-            else:
-                item.set_string(RETRIEVE_URL, "UR", self._links.instance(
-                    header.study_uid, header.series_uid, header.sop_instance_uid, header.patient_id))
-        for item in dataset.items(FAILED_SOP_SEQUENCE):
-            item.remove(RETRIEVE_URL)
-        studies = {(h.study_uid, h.patient_id) for h in by_uid.values()}
-        if len(studies) == 1:
-            study_uid, patient_id = studies.pop()
-            dataset.set_string(RETRIEVE_URL, "UR", self._links.study(study_uid, patient_id))
-        else:
-            dataset.remove(RETRIEVE_URL)  # an upload across studies has no one study to point at
-
-
-def _refuse_mixed(uploads: list[Upload]) -> None:
-    """409 when the upload itself files two patients' data under one study or series UID."""
-    owners: dict[str, set[str]] = {}
-    for header in (item.header for item in uploads):
-        for uid in (header.study_uid, header.series_uid):
-            owners.setdefault(uid, set()).add(header.patient_id)
-    mixed = sorted(uid for uid, patients in owners.items() if len(patients) > 1)
-    if mixed:
-        raise Conflict("the upload holds files of more than one patient under one study or series UID",
-                       {"reason": "uid_shared_within_upload", "uids": mixed})
-
-
-def _refuse_taken(uids: set[str]) -> None:
-    if uids:
-        raise Conflict("a UID of the upload already holds another patient's data",
-                       {"reason": "uid_in_use", "uids": sorted(uids)})
-
-
-def _file_parts(fields: list[FormField] | None, form: FormData | None) -> list[FilePart]:
-    """The uploaded files, in order; 400 for a field not named `file`, 422 for a text field."""
-    items: list[tuple[str, str | None, memoryview | UploadFile | str]]
-    if fields is not None:
-        items = [(f.name, f.filename, f.value if f.filename is not None else "") for f in fields]
-    else:
-        assert form is not None
-        items = [(name, value.filename if isinstance(value, UploadFile) else None, value)
-                 for name, value in form.multi_items()]
-    parts: list[FilePart] = []
-    for index, (name, filename, value) in enumerate(items):
-        if name != "file":
-            raise BadRequest(f"unexpected form field {name!r}: send the DICOM files as parts named 'file'",
-                             {"field": name})
-        fallback = f"part {index + 1}"
-        if isinstance(value, str):
-            raise UnprocessableContent(f"{fallback} is a text field, not a file", {"file": fallback})
-        if isinstance(value, memoryview):
-            parts.append(FilePart(filename or fallback, data=value))
-        else:
-            parts.append(FilePart(filename or fallback, spooled=value))
-    return parts
-
-
 def _may_touch(caller: Caller, patient_id: str) -> bool:
     try:
         require_patient_access(caller, patient_id)
@@ -495,40 +235,4 @@ class _SeriesLookups:
             task.cancel()
         await asyncio.gather(*self._held.values(), return_exceptions=True)
 
-
-def _stow_answer(response: UpstreamStream, payload: bytes) -> DicomJson:
-    """The STOW-RS response dataset; an upstream refusal of instances the gateway found valid becomes 409 or 422."""
-    try:
-        decoded = json.loads(payload)  # Orthanc sends it with no Content-Type (measured, docs/tests.md)
-        if isinstance(decoded, list):
-            dataset = DicomJson.list_from(decoded)[0]
-        else:
-            dataset = DicomJson(decoded if isinstance(decoded, dict) else {})
-    except (ValueError, IndexError, TypeError):
-        dataset = DicomJson({})
-    if response.status_code in (200, 202):
-        return dataset
-    reasons = [item.integer(FAILURE_REASON) for item in dataset.items(FAILED_SOP_SEQUENCE)]
-    details = {"upstream_status": response.status_code, "failure_reasons": reasons}
-    if response.status_code == 409 and reasons and all(r in _DUPLICATE_REASONS for r in reasons):
-        raise Conflict("every instance is already stored", details)
-    raise UnprocessableContent("the PACS refused to store the instances", details)
-
-
-def _failure_detail(item: Upload) -> dict[str, object]:
-    return {"file": item.filename, "SOPInstanceUID": item.header.sop_instance_uid, "FailureReason": ALREADY_STORED}
-
-
-def _stow_failures(duplicates: list[Upload]) -> DicomJson:
-    """A STOW-RS response dataset listing `duplicates` in its FailedSOPSequence (PS3.18 Table 10.5.3-1)."""
-    dataset = DicomJson({})
-    items = []
-    for item in duplicates:
-        failed = DicomJson({})
-        failed.set_string(REFERENCED_SOP_CLASS_UID, "UI", item.header.sop_class_uid)
-        failed.set_string(REFERENCED_SOP_INSTANCE_UID, "UI", item.header.sop_instance_uid)
-        failed.set_integer(FAILURE_REASON, "US", ALREADY_STORED)
-        items.append(failed)
-    dataset.set_sequence(FAILED_SOP_SEQUENCE, items)
-    return dataset
 

@@ -4,23 +4,21 @@ K.6-1, the layout of the contract page's `GET /workitems` example).
 
 `FIELDS` is the one table of both translations: a field's VR check, whether it is required, its UPS destination as a
 path of tags (an element at top level, or inside the single item of a sequence) and its MWL place (likewise). The
-docs/api/worklist.md shows the same table; `worklist_ups` writes and reads the UPS side, `worklist_mwl` the MWL side.
+docs/api/worklist.md shows the same table; `worklist.ups` writes and reads the UPS side, `worklist.mwl` the MWL side.
 
 Dates and times are taken in the spellings clients commonly send and stored as DICOM DA / TM:
 - DA: `YYYYMMDD` or `YYYY-MM-DD`, a real calendar date.
 - TM: `HHMM`, `HHMMSS`, `HHMMSS.F` (1-6 digits), or the same with colons (`HH:MM`, `HH:MM:SS`, `HH:MM:SS.F`);
   stored as `HHMMSS[.F]`. Seconds run 00-59: PS3.5 lets TM say 60 (a leap second), but the start time is sent to the
   PACS inside a DT, which dcm4che (java.time) and Microsoft's service (.NET DateTime) cannot hold with second 60, so
-  `12:00:60` is refused here rather than by the PACS.
+  `12:00:60` is refused here rather than by the PACS. The checks are `gateway.dicom.vr.loose_da` and `vr.loose_tm`.
 Anything else is a 400 naming the field.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from pydicom.datadict import dictionary_description
@@ -42,9 +40,6 @@ from gateway.errors import BadRequest
 # Private coding scheme for codes the gateway makes up (PS3.16 §8.2: "99" prefix for local schemes).
 LOCAL_SCHEME = "99DCMGW"
 
-_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
-_TIME = re.compile(r"(\d{2})(:?)(\d{2})(?:\2(\d{2})(\.\d{1,6})?)?")
-
 
 @dataclass(frozen=True, slots=True)
 class Field:
@@ -63,49 +58,6 @@ class Field:
         return " > ".join(f"{dictionary_description(int(tag, 16))} ({tag[:4]},{tag[4:]})" for tag in self.mwl)
 
 
-def da(value: str) -> str:
-    """A date as `YYYYMMDD` or `YYYY-MM-DD` (not a mix), as DA `YYYYMMDD`."""
-    match = _DATE.fullmatch(value)
-    if match is None or value.count("-") not in (0, 2):
-        raise vr.VrError("a date YYYYMMDD or YYYY-MM-DD")
-    year, month, day = (int(part) for part in match.groups())
-    try:
-        date(year, month, day)
-    except ValueError:
-        raise vr.VrError(f"{value} is not a calendar date") from None
-    return "".join(match.groups())
-
-
-def tm(value: str) -> str:
-    """A time of day as HHMM[SS[.F]] or HH:MM[:SS[.F]], as TM `HHMMSS[.F]` (seconds 00-59: see the docstring)."""
-    match = _TIME.fullmatch(value)
-    if match is None:
-        raise vr.VrError("a time HHMMSS, HHMM, HH:MM:SS or HH:MM, with at most 6 digits of fractional seconds")
-    hours, _, minutes, seconds, fraction = match.groups()
-    seconds = seconds or "00"
-    if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 59:
-        raise vr.VrError(f"{value} is not a time of day (00:00:00 to 23:59:59)")
-    return f"{hours}{minutes}{seconds}{fraction or ''}"
-
-
-def date_range(value: str) -> tuple[str, str]:
-    """A date or a range `A-B`, `A-`, `-B` of dates in either spelling, as DA bounds (`""` for an open end)."""
-    if _DATE.fullmatch(value):
-        day = da(value)
-        return day, day
-    # The dash between the bounds is the one that leaves a date on each side (YYYY-MM-DD has dashes of its own).
-    for index, char in enumerate(value):
-        if char != "-":
-            continue
-        low, high = value[:index], value[index + 1:]
-        if (not low or _DATE.fullmatch(low)) and (not high or _DATE.fullmatch(high)) and (low or high):
-            low, high = (da(low) if low else ""), (da(high) if high else "")
-            if low and high and low > high:
-                raise vr.VrError("the range ends before it starts")
-            return low, high
-    raise vr.VrError("a date YYYYMMDD or YYYY-MM-DD, or a range A-B, A- or -B of such dates")
-
-
 def _pregnancy(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
         raise vr.VrError("1 (not pregnant), 2 (possibly pregnant), 3 (definitely pregnant) or 4 (unknown)")
@@ -114,7 +66,7 @@ def _pregnancy(value: Any) -> int:
 
 def _patient_id(value: str) -> str:
     """LO, by the rule of every PatientID the gateway matches (`identifiers.exact_identifier`, the searches'
-    `qido.validate_patient_id`): a workitem is found again, and its study's patient told, by this exact ID. One
+    `edge.params.validate_patient_id`): a workitem is found again, and its study's patient told, by this exact ID. One
     trailing pad space is dropped; other padding, wildcards, lists, controls and spaces other than U+0020 are 400."""
     try:
         return exact_identifier(value, PATIENT_ID_MAX)
@@ -142,9 +94,9 @@ FIELDS: tuple[Field, ...] = (
     Field("ScheduledProcedureStepDescription", "LO", vr.lo, True,
           "Procedure Step Label (0074,1204) (and the Scheduled Workitem Code's meaning, with a step ID)", ("00741204",),
           _step("00400007")),
-    Field("ScheduledProcedureStepStartDate", "DA", da, True,
+    Field("ScheduledProcedureStepStartDate", "DA", vr.loose_da, True,
           "Scheduled Procedure Step Start DateTime (0040,4005), date part", ("00404005",), _step("00400002")),
-    Field("ScheduledProcedureStepStartTime", "TM", tm, True,
+    Field("ScheduledProcedureStepStartTime", "TM", vr.loose_tm, True,
           "Scheduled Procedure Step Start DateTime (0040,4005), time part", ("00404005",), _step("00400003")),
     Field("Modality", "CS", vr.cs, True,
           "Scheduled Station Class Code Sequence (0040,4026) > Code Value, scheme DCM (CID 29)",
@@ -175,7 +127,8 @@ FIELDS: tuple[Field, ...] = (
     Field("AdmissionID", "LO", vr.lo, False, "Admission ID (0038,0010)", ("00380010",), ("00380010",)),
     Field("CurrentPatientLocation", "LO", vr.lo, False, "Current Patient Location (0038,0300)", ("00380300",),
           ("00380300",)),
-    Field("PatientBirthDate", "DA", da, False, "Patient's Birth Date (0010,0030)", ("00100030",), ("00100030",)),
+    Field("PatientBirthDate", "DA", vr.loose_da, False, "Patient's Birth Date (0010,0030)", ("00100030",),
+          ("00100030",)),
     Field("PatientSex", "CS", _sex, False, "Patient's Sex (0010,0040)", ("00100040",), ("00100040",)),
     Field("ConfidentialityConstraintOnPatientDataDescription", "LO", vr.lo, False,
           "Confidentiality Constraint on Patient Data Description (0040,3001)", ("00403001",), ("00403001",)),

@@ -6,7 +6,7 @@ order (Accession Number, Requested Procedure ID and Description, Requesting and 
 Number) and the visit (Admission ID, Current Patient Location, Patient State, Confidentiality Constraint); inside the
 single item of the Scheduled Procedure Step Sequence (0040,0100) the step (Modality, Scheduled Station AE Title and
 Name, start date DA and time TM, performing physician, description, ID). Each field's place is
-`worklist_fields.FIELDS[...].mwl`; the values are read from the UPS dataset by `worklist_ups.read_workitem`.
+`worklist.fields.FIELDS[...].mwl`; the values are read from the UPS dataset by `worklist.ups.read_workitem`.
 
 Also shown, beyond the example: Specific Character Set (0008,0005) `ISO_IR 192` (dicom+json is Unicode, PS3.18
 §F.2; the page's example spells it "ISO-IR 192", a typo of the defined term, which its exams example spells right),

@@ -1,7 +1,7 @@
 """`/workitems`: a worklist of simple JSON workitems, kept in the PACS as UPS-RS workitems (PS3.18 §11), shown to
-clients in the Modality Worklist layout of the contract page (`worklist_mwl`), whatever the dialect.
+clients in the Modality Worklist layout of the contract page (`worklist.mwl`), whatever the dialect.
 
-- `POST /workitems`: the simple fields (`worklist_fields.FIELDS`) are validated, translated (`worklist_ups`) and
+- `POST /workitems`: the simple fields (`worklist.fields.FIELDS`) are validated, translated (`worklist.ups`) and
   created upstream with the workitem UID placed where the dialect wants it; the answer is the created workitem as
   the PACS then returns it, in the MWL layout (so a client sees what was stored, not what was meant). A study
   belongs to one patient, whoever the caller: a StudyInstanceUID that holds a workitem of another patient, in any
@@ -46,18 +46,14 @@ from starlette.routing import Route
 
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.auth.scope import EXAMS_ROLES, require_patient_access
-from gateway.dicom.identifiers import IdentifierError, exact_identifier
 from gateway.dicom.media import DICOM_JSON
 from gateway.dicom.tags import (
-    PATIENT_ID,
     PROCEDURE_STEP_STATE,
     REASON_FOR_CANCELLATION,
-    REFERENCED_REQUEST,
     SOP_INSTANCE_UID,
-    STUDY_UID,
 )
 from gateway.dicom.uid import UidGenerator, is_valid_uid
-from gateway.dicom.vr import VrError
+from gateway.dicom.vr import VrError, day_range_dt, loose_da_range
 from gateway.edge.bodies import read_json
 from gateway.edge.params import (
     PATIENT_ID_SPELLINGS,
@@ -75,14 +71,12 @@ from gateway.errors import (
     UnprocessableContent,
     UpstreamFailed,
 )
-from gateway.settings import Settings
 from gateway.upstream.client import UpstreamAnswer, UpstreamClient
 from gateway.upstream.ownership import Ownership, Resource
 from gateway.upstream.profiles import PROFILES, UpsDialect
-from gateway.worklist.fields import date_range, parse_workitem
+from gateway.worklist.fields import parse_workitem
 from gateway.worklist.mwl import mwl_workitem
-from gateway.worklist.ups import Dataset, build_create, element
-from gateway.worklist.ups import values as element_values
+from gateway.worklist.ups import Dataset, build_create, element, first_value, of_study, patient_of
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a workitem is a few KB; room for a client's oversized field to get its 400
 MAX_LIMIT = 200
@@ -109,32 +103,6 @@ SEARCH_KEYS = {
 
 
 
-def _first(dataset: Dataset, tag: str) -> str:
-    """The first value of a UI or CS element (a UID, a state), without the padding PS3.5 §6.2 allows: spaces, and a
-    UI's trailing NUL. Not `str.strip()`: NBSP, U+3000 and other white space are characters of a value. PatientIDs
-    are read by `_patient_of`."""
-    found = element_values(dataset, tag)
-    return str(found[0]).rstrip("\0 ").lstrip(" ") if found and isinstance(found[0], str) else ""
-
-
-def _patient_of(dataset: Dataset) -> str | None:
-    """The workitem's PatientID by the exact-identifier rule (see the module docstring); None when it is nobody's."""
-    found = element_values(dataset, PATIENT_ID)
-    if not found or not isinstance(found[0], str):
-        return None
-    try:
-        return exact_identifier(found[0])
-    except IdentifierError:
-        return None
-
-
-def _of_study(dataset: Dataset, study_uid: str) -> bool:
-    """Whether a workitem is for this study: at top level or in a Referenced Request Sequence item, where the
-    dialects look when they match StudyInstanceUID (dcm4chee and PS3.18 servers both; Microsoft's the top level)."""
-    requests = [item for item in element_values(dataset, REFERENCED_REQUEST) if isinstance(item, dict)]
-    return any(_first(holder, STUDY_UID) == study_uid for holder in (dataset, *requests))
-
-
 def _uid_in_use(study_uid: str) -> Conflict:
     # One answer whatever holds the study (another patient's workitem in any state, or images): no state oracle.
     return Conflict("this StudyInstanceUID already holds another patient's data",
@@ -159,22 +127,38 @@ def _upstream_message(answer: UpstreamAnswer) -> str:
     return payload if isinstance(payload, str) else json.dumps(payload)[:300]
 
 
+def _start_dates(value: str) -> str:
+    """A date or a range (`A-B`, `A-`, `-B`; YYYYMMDD or YYYY-MM-DD) as a ScheduledProcedureStepStartDateTime range
+    covering whole days."""
+    try:
+        return day_range_dt(*loose_da_range(value))
+    except VrError as exc:
+        raise bad_parameter("ScheduledProcedureStepStartDate", str(exc)) from None
+
+
 class Worklist:
-    def __init__(self, upstream: UpstreamClient, uids: UidGenerator, settings: Settings) -> None:
+    def __init__(self, *, upstream: UpstreamClient, uids: UidGenerator, priority: str, input_readiness: str,
+                 label: str, requester_aet: str) -> None:
+        """`priority`, `input_readiness` and `label` go into every workitem created (WORKLIST_*); `requester_aet`
+        names the gateway where a dialect wants a requester (PACS_REQUESTER_AET)."""
         self._upstream = upstream
         # The image archive: the same upstream (PACS_SERVICE_URL serves QIDO-RS and UPS-RS alike), one study-level
         # search per create that names a StudyInstanceUID.
         self._ownership = Ownership(upstream)
         self._uids = uids
-        self._settings = settings
+        self._priority = priority
+        self._input_readiness = input_readiness
+        self._label = label
+        self._requester_aet = requester_aet
+        self._profile = upstream.profile.name
         self._dialect = upstream.profile.ups
 
     def _require_ups(self) -> UpsDialect:
         if self._dialect is None:
             raise NotImplementedByUpstream(
-                f"the PACS profile '{self._settings.pacs_profile.value}' has no UPS-RS worklist: set PACS_PROFILE to "
+                f"the PACS profile '{self._profile.value}' has no UPS-RS worklist: set PACS_PROFILE to "
                 "azure, dcm4chee or standard for a PACS that offers one",
-                {"setting": "PACS_PROFILE", "value": self._settings.pacs_profile.value,
+                {"setting": "PACS_PROFILE", "value": self._profile.value,
                  "supported": [name.value for name, profile in PROFILES.items() if profile.ups]},
             )
         return self._dialect
@@ -190,8 +174,7 @@ class Worklist:
         study_uid = given or self._uids.new()
         dataset = build_create(
             values, dialect=dialect.name, study_uid=study_uid,
-            priority=self._settings.worklist_priority, input_readiness=self._settings.worklist_input_readiness,
-            worklist_label=self._settings.worklist_label,
+            priority=self._priority, input_readiness=self._input_readiness, worklist_label=self._label,
         )
         if given is not None:  # a UID just made up (24 random digits at least) is nobody's
             await self._require_free(study_uid, patient_id)
@@ -216,16 +199,16 @@ class Worklist:
     async def _require_free(self, study_uid: str, patient_id: str) -> None:
         """`Conflict` unless the study may take a new workitem of this patient (see the module docstring)."""
         found, complete = await self._matches([("StudyInstanceUID", study_uid)])
-        workitems = [ds for ds in found if _of_study(ds, study_uid)]
-        if any(_patient_of(ds) != patient_id for ds in workitems):
+        workitems = [ds for ds in found if of_study(ds, study_uid)]
+        if any(patient_of(ds) != patient_id for ds in workitems):
             raise _uid_in_use(study_uid)
         if await self._ownership.held_by_others(patient_id, [Resource(study_uid)]):
             raise _uid_in_use(study_uid)
         if not complete:  # the next page could hold another patient's: refuse rather than guess
             raise _too_many(study_uid)
-        active = [ds for ds in workitems if _first(ds, PROCEDURE_STEP_STATE) in ACTIVE]
+        active = [ds for ds in workitems if first_value(ds, PROCEDURE_STEP_STATE) in ACTIVE]
         if active:
-            state = _first(active[0], PROCEDURE_STEP_STATE)
+            state = first_value(active[0], PROCEDURE_STEP_STATE)
             raise Conflict(f"this StudyInstanceUID already has a workitem that is {state}",
                            {"StudyInstanceUID": study_uid, "state": state})
 
@@ -267,7 +250,7 @@ class Worklist:
             query.append((SEARCH_KEYS["AccessionNumber"], exact_short_string("AccessionNumber", accession)))
         date = single(params, "ScheduledProcedureStepStartDate")
         if date is not None:
-            query.append((SEARCH_KEYS["ScheduledProcedureStepStartDate"], _date_range(date)))
+            query.append((SEARCH_KEYS["ScheduledProcedureStepStartDate"], _start_dates(date)))
         state = single(params, "ProcedureStepState")
         if state is not None:
             if state not in STATES:
@@ -278,8 +261,8 @@ class Worklist:
 
         def shown(dataset: Dataset) -> bool:
             # Exact PatientID equality whatever the PACS's matching rules; cancelled ones only when asked for.
-            return ((patient_id is None or _patient_of(dataset) == patient_id)
-                    and (state is not None or _first(dataset, PROCEDURE_STEP_STATE) != HIDDEN))
+            return ((patient_id is None or patient_of(dataset) == patient_id)
+                    and (state is not None or first_value(dataset, PROCEDURE_STEP_STATE) != HIDDEN))
 
         found = await self._search_shown(query, shown, limit=limit, offset=offset)
         return JSONResponse([mwl_workitem(ds) for ds in found], headers={"Cache-Control": "no-store"})
@@ -335,7 +318,7 @@ class Worklist:
         found, complete = await self._matches([("StudyInstanceUID", study_uid), ("ProcedureStepState", state)])
         if not complete:
             raise _too_many(study_uid)
-        return [ds for ds in found if _of_study(ds, study_uid) and _first(ds, PROCEDURE_STEP_STATE) == state
+        return [ds for ds in found if of_study(ds, study_uid) and first_value(ds, PROCEDURE_STEP_STATE) == state
                 and _may_see(caller, ds)]
 
     # -- cancel ---------------------------------------------------------------------------------------------------
@@ -357,11 +340,11 @@ class Worklist:
             # None, another patient's (no existence oracle), or all cancelled already: removed.
             raise NotFound("no workitem for this study", {"StudyInstanceUID": study_uid})
         for dataset in scheduled:  # more than one only after two creates raced for the study (docs/api/worklist.md)
-            await self._cancel_one(dialect, _first(dataset, SOP_INSTANCE_UID), study_uid)
+            await self._cancel_one(dialect, first_value(dataset, SOP_INSTANCE_UID), study_uid)
         return Response(status_code=204)
 
     async def _cancel_one(self, dialect: UpsDialect, uid: str, study_uid: str) -> None:
-        params = [("requester", self._settings.pacs_requester_aet)] if dialect.needs_requester else []
+        params = [("requester", self._requester_aet)] if dialect.needs_requester else []
         reason = {REASON_FOR_CANCELLATION: element("LT", "Cancelled by a user through dicom-gateway")}
         answer = await self._upstream.request(
             "POST", f"workitems/{uid}/cancelrequest", operation="ups_cancel", params=params,
@@ -381,23 +364,10 @@ class Worklist:
 
 def _may_see(caller: Caller, dataset: Dataset) -> bool:
     return Role.CLINICIAN in caller.roles or (caller.patient_id is not None
-                                              and _patient_of(dataset) == caller.patient_id)
+                                              and patient_of(dataset) == caller.patient_id)
 
 
-def _date_range(value: str) -> str:
-    """A date or a range (`A-B`, `A-`, `-B`; YYYYMMDD or YYYY-MM-DD) as a ScheduledProcedureStepStartDateTime range
-    covering whole days."""
-    try:
-        low, high = date_range(value)
-    except VrError as exc:
-        raise bad_parameter("ScheduledProcedureStepStartDate", str(exc)) from None
-    return f"{low + '000000' if low else ''}-{high + '235959' if high else ''}"
-
-
-def routes(
-    upstream: UpstreamClient, authenticator: Authenticator, uids: UidGenerator, settings: Settings
-) -> list[Route]:
-    worklist = Worklist(upstream, uids, settings)
+def routes(worklist: Worklist, authenticator: Authenticator) -> list[Route]:
     return [
         Route("/workitems", guarded(authenticator, EXAMS_ROLES, worklist.create), methods=["POST"]),
         Route("/workitems", guarded(authenticator, EXAMS_ROLES, worklist.search), methods=["GET"]),

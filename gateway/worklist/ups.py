@@ -1,7 +1,7 @@
 """The UPS-RS side of a workitem (PS3.18 §11.4, PS3.4 Table CC.2.5-3): the create dataset built from validated
 workitem fields, and those fields read back from a UPS dataset as the PACS returns it.
 
-Used by `gateway.worklist.routes` and `gateway.worklist.mwl`. Where each field goes is `worklist_fields.FIELDS`. What
+Used by `gateway.worklist.routes` and `gateway.worklist.mwl`. Where each field goes is `worklist.fields.FIELDS`. What
 differs per upstream dialect is chosen by `dialect`: `standard` (PS3.18 as written: Type 2 attributes present, empty
 when unknown; TransactionUID present and empty), `azure` (the same: Microsoft's validator checks that Type 2
 attributes are present, PatientBirthDate, PatientSex, AdmissionID and AdmittingDiagnosesDescription included, and
@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.dicom.identifiers import IdentifierError, exact_identifier
 from gateway.dicom.tags import (
     CODE_MEANING,
     CODE_VALUE,
     CODING_SCHEME,
     HUMAN_PERFORMERS,
+    PATIENT_ID,
     PROCEDURE_STEP_LABEL,
     REFERENCED_REQUEST,
     START_DATETIME,
@@ -186,3 +188,29 @@ def read_workitem(ups: Dataset) -> dict[str, list[Any]]:
     step_id = text(step, CODE_VALUE)  # a step ID is the gateway's own code; other systems' codes are not IDs
     read["ScheduledProcedureStepID"] = [step_id] if step_id and text(step, CODING_SCHEME) == LOCAL_SCHEME else []
     return read
+
+
+def first_value(dataset: Dataset, tag: str) -> str:
+    """The first value of a UI or CS element (a UID, a state), without the padding PS3.5 §6.2 allows: spaces, and a
+    UI's trailing NUL. Not `str.strip()`: NBSP, U+3000 and other white space are characters of a value. PatientIDs
+    are read by `patient_of`."""
+    found = values(dataset, tag)
+    return str(found[0]).rstrip("\0 ").lstrip(" ") if found and isinstance(found[0], str) else ""
+
+
+def patient_of(dataset: Dataset) -> str | None:
+    """The workitem's PatientID by the exact-identifier rule (see gateway.worklist.routes); None when it is nobody's."""
+    found = values(dataset, PATIENT_ID)
+    if not found or not isinstance(found[0], str):
+        return None
+    try:
+        return exact_identifier(found[0])
+    except IdentifierError:
+        return None
+
+
+def of_study(dataset: Dataset, study_uid: str) -> bool:
+    """Whether a workitem is for this study: at top level or in a Referenced Request Sequence item, where the
+    dialects look when they match StudyInstanceUID (dcm4chee and PS3.18 servers both; Microsoft's the top level)."""
+    requests = [item for item in values(dataset, REFERENCED_REQUEST) if isinstance(item, dict)]
+    return any(first_value(holder, STUDY_UID) == study_uid for holder in (dataset, *requests))
