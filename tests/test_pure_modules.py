@@ -176,6 +176,16 @@ def test_each_endpoints_date_or_time_is_taken(check: object, value: str | None, 
     (vr.loose_tm, "12", "a time HHMMSS, HHMM, HH:MM:SS or HH:MM, with at most 6 digits of fractional seconds"),
     (vr.optional_tm_shape, "123", "a time HHMMSS[.FFFFFF]"),
     (vr.optional_tm_shape, "12:00", "a time HHMMSS[.FFFFFF]"),
+    # Digits are ASCII 0-9: full-width and other Unicode digits (which `\d` and str.isdigit take) are refused.
+    (vr.da, "\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11", "a date YYYYMMDD"),
+    (vr.da_or_range, "\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11-",
+     "'\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11' is not a date YYYYMMDD"),
+    (vr.loose_da, "\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11", "a date YYYYMMDD or YYYY-MM-DD"),
+    (vr.loose_da, "2024-\u0660\u0661-01", "a date YYYYMMDD or YYYY-MM-DD"),  # Arabic-Indic digits
+    (vr.tm, "\uff11\uff12\uff10\uff10\uff10\uff10", "a time HHMMSS or HHMMSS.FFFFFF"),
+    (vr.loose_tm, "\uff11\uff12:00",
+     "a time HHMMSS, HHMM, HH:MM:SS or HH:MM, with at most 6 digits of fractional seconds"),
+    (vr.optional_tm_shape, "\uff11\uff12", "a time HHMMSS[.FFFFFF]"),
 ])
 def test_each_endpoints_date_or_time_refusal_says_why(check: object, value: str, message: str) -> None:
     assert callable(check)

@@ -286,6 +286,8 @@ async def test_common_date_and_time_spellings_are_stored_as_da_and_tm(profile: s
     ("ScheduledProcedureStepStartTime", "12", "TM"),
     ("ScheduledProcedureStepStartTime", "12:00:00.1234567", "TM"),
     ("ScheduledProcedureStepStartTime", "12h00", "TM"),
+    ("ScheduledProcedureStepStartDate", "\uff12\uff10\uff12\uff14-01-01", "DA"),  # full-width digits: not DA
+    ("ScheduledProcedureStepStartTime", "\uff11\uff12:00", "TM"),
     ("ScheduledStationAETitle", "A" * 65, "AE"),
     ("PatientName", "A^B^C^D^E^F", "PN"),
     ("PatientID", "PAT*", "LO"),

@@ -83,10 +83,10 @@ def pn(value: str) -> str:
 #   loose_tm        `HHMM[SS[.F]]` or `HH:MM[:SS[.F]]`, seconds 00-59, as TM         workitem start time
 #   optional_tm_shape  `HH[MM[SS[.F]]]` by shape only, or None or `""`            callback StudyTime
 
-_TM = re.compile(r"(\d{2})(\d{2})(\d{2})(\.\d{1,6})?")
-_LOOSE_DA = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
-_LOOSE_TM = re.compile(r"(\d{2})(:?)(\d{2})(?:\2(\d{2})(\.\d{1,6})?)?")
-_TM_SHAPE = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_TM = re.compile(r"(\d{2})(\d{2})(\d{2})(\.\d{1,6})?", re.ASCII)  # re.ASCII: \d is 0-9, not any Unicode digit
+_LOOSE_DA = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})", re.ASCII)
+_LOOSE_TM = re.compile(r"(\d{2})(:?)(\d{2})(?:\2(\d{2})(\.\d{1,6})?)?", re.ASCII)
+_TM_SHAPE = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", re.ASCII)
 
 
 def _is_calendar_date(value: str) -> bool:
@@ -99,7 +99,7 @@ def _is_calendar_date(value: str) -> bool:
 
 
 def da(value: str) -> str:
-    if len(value) != 8 or not value.isdigit():
+    if len(value) != 8 or not (value.isascii() and value.isdigit()):
         raise VrError("a date YYYYMMDD")
     if not _is_calendar_date(value):
         raise VrError(f"{value} is not a calendar date")
@@ -113,7 +113,7 @@ def da_or_range(value: str) -> str:
     if not parts or (dash and value == "-"):
         raise VrError("a date YYYYMMDD or a range A-B, A- or -B")
     for part in parts:
-        if len(part) != 8 or not part.isdigit() or not _is_calendar_date(part):
+        if len(part) != 8 or not (part.isascii() and part.isdigit()) or not _is_calendar_date(part):
             raise VrError(f"{part!r} is not a date YYYYMMDD")
     if start and end and start > end:
         raise VrError("the range ends before it starts")

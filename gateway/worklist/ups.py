@@ -76,7 +76,7 @@ TYPE2_REQUEST_ITEM = {
 _PLAIN = tuple(field for field in FIELDS if len(field.path) == 1
                and field.path[0] not in (START_DATETIME, STUDY_UID, PROCEDURE_STEP_LABEL))
 _IN_REQUEST = tuple(field for field in FIELDS if field.path[0] == REFERENCED_REQUEST)
-_DT = re.compile(r"(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?")
+_DT = re.compile(r"(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?", re.ASCII)
 
 
 def element(vr: str, *values: Any) -> dict[str, Any]:
