@@ -32,7 +32,9 @@ from gateway.store.db import create_engine, migrate
 from gateway.store.events import EventStore
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.profiles import profile_for
-from gateway.viewer import dicomweb
+from gateway.viewer.dicomweb import DicomWeb
+from gateway.viewer.routes import routes as viewer_routes
+from gateway.viewer.token_issuer import ViewerTokenIssuer
 from gateway.viewer.tokens import ViewerTokens
 from gateway.worklist import routes as workitems
 
@@ -68,17 +70,22 @@ def create_app(settings: Settings) -> Starlette:
     tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
                           settings.viewer_token_ttl_s)
     exam_queries = exams.Exams(upstream, links)
-    issuer = dicomweb.ViewerTokenIssuer(tokens, exam_queries, settings)
-    viewer = dicomweb.DicomWeb(upstream, exam_queries, authenticator, tokens, str(settings.public_base_url), uploads,
-                               settings.exams_max_upload_bytes, settings.exams_max_files,
-                               frozenset(settings.trusted_proxy_list))
+    external_auth = settings.viewer_authorization_token
+    issuer = ViewerTokenIssuer(
+        tokens=tokens, exams=exam_queries,
+        external_endpoint=str(settings.viewer_get_token_endpoint) if settings.viewer_get_token_endpoint else None,
+        external_auth=external_auth.get_secret_value() if external_auth else None)
+    viewer = DicomWeb(upstream=upstream, exams=exam_queries, authenticator=authenticator, tokens=tokens,
+                      uploads=uploads, public_base_url=str(settings.public_base_url),
+                      max_upload_bytes=settings.exams_max_upload_bytes, max_files=settings.exams_max_files,
+                      trusted_proxies=frozenset(settings.trusted_proxy_list))
     routes: list[BaseRoute] = [
         *health.routes(upstream, metrics),
         *exams.routes(exam_queries, authenticator, uploads),
         *uids.routes(UidGenerator(settings.dicom_uid_root), authenticator),
         *workitems.routes(upstream, authenticator, UidGenerator(settings.dicom_uid_root), settings),
         *callbacks.routes(hooks, authenticator),
-        *dicomweb.routes(viewer, issuer, authenticator),
+        *viewer_routes(viewer, issuer, authenticator),
         *docs.routes(),
         *docs_page.routes(),
     ]
