@@ -73,6 +73,8 @@ def _path(resource: Resource, *rest: str) -> str:
 
 
 class DicomWeb:
+    """The `/dicomweb` handlers, one per kind of resource (`viewer.routes` maps the paths to them)."""
+
     def __init__(self, *, upstream: UpstreamClient, exams: Exams, authenticator: Authenticator,
                  tokens: ViewerTokens, uploads: ExamUploads, public_base_url: str, max_upload_bytes: int,
                  max_files: int, trusted_proxies: frozenset[str] = frozenset()) -> None:
