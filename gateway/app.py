@@ -23,7 +23,7 @@ from gateway.ops import openapi as docs
 from gateway.ops import uid as uids
 from gateway.ops.logs import configure_logging
 from gateway.settings import Settings
-from gateway.viewer import dicomweb
+from gateway.viewer import routes as viewer
 from gateway.worklist import routes as workitems
 
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> Starlette:
         *uids.routes(parts.uids, auth),
         *workitems.routes(parts.worklist, auth),
         *callbacks.routes(parts.callbacks, auth),
-        *dicomweb.routes(parts.viewer, parts.issuer, auth),
+        *viewer.routes(parts.viewer, parts.issuer, auth),
         *docs.routes(),
         *docs_page.routes(),
     ]

@@ -27,7 +27,8 @@ from gateway.store.events import EventStore
 from gateway.upstream.auth import OAuth2ClientCredentials, StaticAuthorization, UpstreamAuth
 from gateway.upstream.client import UpstreamClient, UpstreamLimits
 from gateway.upstream.profiles import UpstreamProfile, profile_for
-from gateway.viewer.dicomweb import DicomWeb, ViewerTokenIssuer
+from gateway.viewer.dicomweb import DicomWeb
+from gateway.viewer.token_issuer import ViewerTokenIssuer
 from gateway.viewer.tokens import ViewerTokens
 from gateway.worklist.routes import Worklist
 
@@ -78,13 +79,17 @@ def build(settings: Settings) -> Components:
     viewer_secret = settings.viewer_token_secret
     tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
                           settings.viewer_token_ttl_s)
-    viewer = DicomWeb(upstream, exams, authenticator, tokens, str(settings.public_base_url), uploads,
-                      settings.exams_max_upload_bytes, settings.exams_max_files, frozenset(settings.trusted_proxy_list))
+    external, external_auth = settings.viewer_get_token_endpoint, settings.viewer_authorization_token
+    issuer = ViewerTokenIssuer(tokens=tokens, exams=exams, external_endpoint=str(external) if external else None,
+                               external_auth=external_auth.get_secret_value() if external_auth else None)
+    viewer = DicomWeb(upstream=upstream, exams=exams, authenticator=authenticator, tokens=tokens, uploads=uploads,
+                      public_base_url=str(settings.public_base_url), max_upload_bytes=settings.exams_max_upload_bytes,
+                      max_files=settings.exams_max_files, trusted_proxies=frozenset(settings.trusted_proxy_list))
     return Components(
         profile=upstream.profile, metrics=metrics, upstream=upstream, authenticator=authenticator,
         uids=uids, engine=engine, store=store, worker=worker, follower=follower,
         callbacks=callbacks, exams=exams, uploads=uploads, worklist=worklist, viewer=viewer,
-        issuer=ViewerTokenIssuer(tokens, exams, settings),
+        issuer=issuer,
     )
 
 

@@ -192,6 +192,22 @@ def test_a_token_for_one_study_reaches_no_other_through_paths_or_filters(scene: 
         "StudyInstanceUID": f"{scene.study_b},{scene.study_a}"}).json()] == [scene.study_a]
 
 
+def test_empty_path_segments_route_like_the_path_without_them_and_keep_the_token_to_its_study(scene: Scene) -> None:
+    viewer = scene.token(scene.study_a)
+    instance_b = f"studies/{scene.study_b}/series/{scene.series_b}/instances/{scene.instance_b}"
+    for path in (f"studies/{scene.study_b}/", f"/studies/{scene.study_b}", f"studies/{scene.study_b}//metadata",
+                 f"studies//{scene.study_b}/series/", f"{instance_b}//rendered", f"{instance_b}/frames/1//rendered",
+                 f"{instance_b}/"):
+        assert scene.get(path, viewer).status_code == 404, path
+    searched = scene.get("studies/", viewer)
+    assert searched.status_code == 200
+    assert [ds["0020000D"]["Value"][0] for ds in searched.json()] == [scene.study_a]
+    metadata = scene.get(f"studies/{scene.study_a}//metadata/", viewer)
+    assert metadata.status_code == 200
+    assert {ds["0020000D"]["Value"][0] for ds in metadata.json()} == {scene.study_a}
+    assert len(metadata.json()) == 3
+
+
 def test_a_token_in_the_query_works_and_two_different_tokens_are_refused(scene: Scene) -> None:
     a, b = scene.token(scene.study_a), scene.token(scene.study_b)
     in_query = scene.get("studies", params={"token": a})

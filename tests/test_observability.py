@@ -9,9 +9,11 @@ import httpx
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Scope
 
 from gateway.app import create_app
+from gateway.edge.middleware import UNMATCHED_ROUTE, route_template
 from tests.conftest import AppClient, make_settings
 
 PATIENT_ID = "PHI-PATIENT-7731"
@@ -104,3 +106,64 @@ async def test_a_bug_answers_500_in_the_error_shape() -> None:
     assert response.status_code == 500
     assert response.json() == {"error": {"code": "internal_error",
                                          "message": "the gateway failed to handle this request", "details": None}}
+
+
+# UIDs that must never reach a label: the templates name the resource, not the study.
+STUDY, SERIES, SOP = "1.2.840.99.7731", "1.2.840.99.7732", "1.2.840.99.7733"
+SERIES_PATH, SERIES_TEMPLATE = f"/dicomweb/studies/{STUDY}/series/{SERIES}", "/dicomweb/studies/{study}/series/{series}"
+INSTANCE, INSTANCE_TEMPLATE = f"{SERIES_PATH}/instances/{SOP}", SERIES_TEMPLATE + "/instances/{instance}"
+
+
+@pytest.mark.parametrize(("method", "path", "template"), [
+    ("GET", "/dicomweb/studies", "/dicomweb/studies"),
+    ("GET", "/dicomweb/instances", "/dicomweb/instances"),
+    ("GET", f"/dicomweb/studies/{STUDY}/series", "/dicomweb/studies/{study}/series"),
+    ("GET", f"{SERIES_PATH}/instances", f"{SERIES_TEMPLATE}/instances"),
+    ("GET", f"/dicomweb/studies/{STUDY}", "/dicomweb/studies/{study}"),
+    ("GET", f"/dicomweb/studies/{STUDY}/metadata", "/dicomweb/studies/{study}/metadata"),
+    ("GET", f"{SERIES_PATH}/thumbnail", f"{SERIES_TEMPLATE}/thumbnail"),
+    ("GET", INSTANCE, INSTANCE_TEMPLATE),
+    ("GET", INSTANCE + "/rendered", INSTANCE_TEMPLATE + "/rendered"),
+    ("GET", INSTANCE + "/frames/1,2", INSTANCE_TEMPLATE + "/frames/{frames}"),
+    ("GET", INSTANCE + "/frames/1/rendered", INSTANCE_TEMPLATE + "/frames/{frames}/rendered"),
+    ("GET", INSTANCE + "/bulk/0001000a/3/00100010", INSTANCE_TEMPLATE + "/bulk/{attribute:path}"),
+    ("POST", "/dicomweb/studies", "/dicomweb/studies"),
+    ("POST", f"/dicomweb/studies/{STUDY}", "/dicomweb/studies/{study}"),
+    ("POST", INSTANCE + "/metadata", INSTANCE_TEMPLATE + "/{rest:path}"),  # 404: no STOW-RS there
+    ("PUT", f"/dicomweb/studies/{STUDY}/series", "/dicomweb/studies/{study}/series"),  # 405
+    ("GET", f"/dicomweb/studies/{STUDY}/nothing", "/dicomweb/studies/{study}/{rest:path}"),  # 404
+    ("GET", f"/dicomweb/nothing/{STUDY}", "/dicomweb/{path:path}"),  # 404
+])
+async def test_dicomweb_requests_are_labelled_by_their_resource_template_without_uids(
+    app_client: AppClient, capsys: pytest.CaptureFixture[str], method: str, path: str, template: str
+) -> None:
+    async with app_client() as client:
+        capsys.readouterr()
+        answer = await client.request(method, path)
+        err = capsys.readouterr().err
+        text = (await client.get("/-/metrics")).text
+    access = [json.loads(line) for line in err.splitlines() if line.startswith('{"method"')]
+    assert [line["route"] for line in access] == [template]
+    assert f'gateway_requests_total{{method="{method}",route="{template}",status="{answer.status_code}"}} 1.0' in text
+    labels = " ".join(re.findall(r'route="[^"]*"', text))
+    assert "dicomweb" in labels
+    assert not any(uid in labels for uid in (STUDY, SERIES, SOP))
+
+
+def test_the_template_through_a_mount_is_the_mounts_path_and_the_inner_routes() -> None:
+    async def endpoint(request: Request) -> Response:
+        return Response()
+
+    routes: list[BaseRoute] = [Mount("/dicomweb", routes=[
+        Route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", endpoint),
+        Route("/studies", endpoint, methods=["GET"]),
+    ])]
+
+    def scope(method: str, path: str) -> Scope:
+        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+
+    frames = f"{INSTANCE}/frames/1"
+    assert route_template(routes, scope("GET", frames)) == INSTANCE_TEMPLATE + "/frames/{frames}"
+    assert route_template(routes, scope("PUT", "/dicomweb/studies")) == "/dicomweb/studies"
+    assert route_template(routes, scope("GET", f"/dicomweb/other/{STUDY}")) == "/dicomweb"
+    assert route_template(routes, scope("GET", "/elsewhere")) == UNMATCHED_ROUTE

@@ -337,11 +337,18 @@ def _patient_scope(value: Any, claim: str) -> str:
     raise Forbidden(f"the token's patient claim {problem}", {"claim": claim})
 
 
+def bearer_credentials(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value (RFC 6750 §2.1), stripped (maybe empty); None for
+    another scheme or no credentials part."""
+    scheme, space, value = header.partition(" ")
+    return value.strip() if space and scheme.lower() == "bearer" else None
+
+
 def _bearer_token(request: Request) -> str:
     header = request.headers.get("authorization")
     if header is None:
         raise Unauthorized("a bearer token is required", error="")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    value = bearer_credentials(header)
+    if not value:
         raise Unauthorized("the Authorization header must be 'Bearer <token>'", error="invalid_request")
-    return value.strip()
+    return value

@@ -11,7 +11,7 @@ import time
 import uuid
 
 import structlog
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.context import RequestContext, enter_request, leave_request
@@ -28,12 +28,29 @@ def route_template(routes: list[BaseRoute], scope: Scope) -> str:
     """The path template of the route that handles `scope` (never the raw path: bounded metric labels, no UIDs)."""
     partial = None
     for route in routes:
-        match, _ = route.matches(scope)
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        template = _template(route, {**scope, **child})
         if match is Match.FULL:
-            return str(getattr(route, "path", UNMATCHED_ROUTE))
-        if match is Match.PARTIAL and partial is None:
-            partial = str(getattr(route, "path", UNMATCHED_ROUTE))
+            return template
+        if partial is None:
+            partial = template
     return partial or UNMATCHED_ROUTE
+
+
+def _template(route: BaseRoute, scope: Scope) -> str:
+    """A route's path; through a Mount, the Mount's path and then the template of the inner route that takes the
+    rest (`/dicomweb` + `/studies/{study}`); for a Route whose endpoint is itself a route (a Mount), the inner one's."""
+    path = str(getattr(route, "path", UNMATCHED_ROUTE))
+    if isinstance(route, Mount):
+        inner = route_template(route.routes, scope)
+        return path + inner if inner != UNMATCHED_ROUTE else path
+    app = getattr(route, "app", None)
+    if isinstance(app, BaseRoute):
+        inner = route_template([app], scope)
+        return inner if inner != UNMATCHED_ROUTE else path
+    return path
 
 
 class RequestContextMiddleware:
@@ -47,6 +64,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # Routing updates the scope (a Mount moves root_path): the template is looked up in the scope as it came.
+        arrived = dict(scope)
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         context = RequestContext(request_id=request_id)
         token = enter_request(context)
@@ -66,7 +85,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = route_template(self.routes, scope)
+            route = route_template(self.routes, arrived)
             self.metrics.observe_request(route, scope["method"], status, elapsed)
             # Route template and status only: the path and query can hold patient IDs (PHI), so they stay out.
             log.info(

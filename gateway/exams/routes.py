@@ -13,6 +13,7 @@ names none is scoped to its own patient, and a clinician that names none gets th
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
 import structlog
 from starlette.datastructures import QueryParams
@@ -209,18 +210,12 @@ class Exams:
         response = await self._upstream.open_stream(
             "GET", path, operation="wado_instance", headers={"Accept": MULTIPART_DICOM_AS_STORED}
         )
-        try:
+        async with reading_multipart(response):
             _expect_found(response, path)
             reader = SinglePartReader(response.iter_raw(), boundary_of(response.headers.get("content-type", "")))
             await reader.open()
             body = reader.body()
             prefix = [] if patient_id is None else await _read_until_patient_known(body, patient_id, sop)
-        except MultipartError as exc:
-            await response.aclose()
-            raise UpstreamFailed("the PACS answered with a malformed multipart body", {"reason": str(exc)}) from None
-        except BaseException:
-            await response.aclose()
-            raise
         headers = {
             **PRIVATE,
             "Content-Disposition": f'attachment; filename="{sop}.dcm"',
@@ -267,6 +262,20 @@ def _expect_found(response: UpstreamStream, path: str, media_type: str | None = 
         raise UpstreamFailed("the PACS refused a retrieval", {"upstream_status": response.status_code})
     if media_type is not None and response.headers.get("content-type", "").split(";")[0].strip() != media_type:
         raise UpstreamFailed(f"the PACS answered with something other than {media_type}")
+
+
+@asynccontextmanager
+async def reading_multipart(upstream: UpstreamStream) -> AsyncIterator[None]:
+    """Around reading the start of an upstream multipart answer: on any failure the answer is released, and a
+    malformed body is the PACS's fault (502)."""
+    try:
+        yield
+    except MultipartError as exc:
+        await upstream.aclose()
+        raise UpstreamFailed("the PACS answered with a malformed multipart body", {"reason": str(exc)}) from None
+    except BaseException:
+        await upstream.aclose()
+        raise
 
 
 async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str, sop: str) -> list[bytes]:
