@@ -9,7 +9,8 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import create_app
-from gateway.edge.http import EdgeLimits, protocol_for
+from gateway.components import edge_limits
+from gateway.edge.http import protocol_for
 from gateway.settings import SettingsError, load_settings
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # loop "auto" picks uvloop; http is httptools with the edge's limits on request heads (gateway.edge.http);
     # logging is ours (log_config=None).
     uvicorn.run(
-        app, host=args.host, port=args.port, loop="auto", http=protocol_for(EdgeLimits.from_settings(settings)),
+        app, host=args.host, port=args.port, loop="auto", http=protocol_for(edge_limits(settings)),
         log_config=None, proxy_headers=False, server_header=False, timeout_graceful_shutdown=30,
     )
     return 0

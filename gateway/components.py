@@ -17,6 +17,7 @@ from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.callbacks.new_exams import OrthancChangeFollower
 from gateway.callbacks.routes import Callbacks
 from gateway.dicom.uid import UidGenerator
+from gateway.edge.http import EdgeLimits
 from gateway.exams.links import ExamLinks
 from gateway.exams.routes import Exams
 from gateway.exams.uploads import ExamUploads
@@ -77,8 +78,8 @@ def build(settings: Settings) -> Components:
                         input_readiness=settings.worklist_input_readiness, label=settings.worklist_label,
                         requester_aet=settings.pacs_requester_aet)
     viewer_secret = settings.viewer_token_secret
-    tokens = ViewerTokens(viewer_secret.get_secret_value() if viewer_secret else None, settings.viewer_token_key,
-                          settings.viewer_token_ttl_s)
+    tokens = ViewerTokens(secret=viewer_secret.get_secret_value() if viewer_secret else None,
+                          key_pem=settings.viewer_token_key, ttl_s=settings.viewer_token_ttl_s)
     external, external_auth = settings.viewer_get_token_endpoint, settings.viewer_authorization_token
     issuer = ViewerTokenIssuer(tokens=tokens, exams=exams, external_endpoint=str(external) if external else None,
                                external_auth=external_auth.get_secret_value() if external_auth else None)
@@ -106,6 +107,13 @@ def upstream_client(settings: Settings, metrics: Metrics) -> UpstreamClient:
                           auth=upstream_auth(settings))
 
 
+def edge_limits(settings: Settings) -> EdgeLimits:
+    """The limits on request heads that uvicorn's protocol applies (the `HTTP_*` settings; `cli.py` passes them)."""
+    return EdgeLimits(max_field_bytes=settings.http_max_field_bytes, max_head_bytes=settings.http_max_head_bytes,
+                      max_fields=settings.http_max_fields, head_timeout_s=settings.http_head_timeout_s,
+                      max_query_bytes=settings.http_max_query_bytes, max_query_params=settings.http_max_query_params)
+
+
 def upstream_auth(settings: Settings) -> UpstreamAuth | None:
     """How the gateway authenticates to the PACS; the settings allow at most one way."""
     if settings.pacs_authorization_token is not None:
@@ -116,8 +124,9 @@ def upstream_auth(settings: Settings) -> UpstreamAuth | None:
     secret = settings.pacs_oauth_client_secret
     if url is not None and client is not None and secret is not None:
         return OAuth2ClientCredentials(
-            str(url), client, secret.get_secret_value(), settings.pacs_oauth_scope,
-            httpx.Timeout(settings.pacs_connect_timeout_s, read=settings.pacs_read_timeout_s),
+            token_url=str(url), client_id=client, client_secret=secret.get_secret_value(),
+            scope=settings.pacs_oauth_scope,
+            timeout=httpx.Timeout(settings.pacs_connect_timeout_s, read=settings.pacs_read_timeout_s),
         )
     return None
 

@@ -28,13 +28,13 @@ def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519Pri
 ])
 def test_private_keys_sign_and_verify(make: Callable[[], str], algorithm: str) -> None:
     key = make()
-    tokens = ViewerTokens(None, key, 60)
+    tokens = ViewerTokens(secret=None, key_pem=key, ttl_s=60)
     assert tokens.algorithm == algorithm
     raw = tokens.issue(study="1.2.3", patient="P1", user="dr", role=ViewerRole.DIAGNOSTIC)
     grant = tokens.verify(raw)
     assert (grant.study, grant.patient, grant.user, grant.role) == ("1.2.3", "P1", "dr", ViewerRole.DIAGNOSTIC)
     assert grant.expires_at - time.time() <= 60
-    other = ViewerTokens(None, make(), 60)
+    other = ViewerTokens(secret=None, key_pem=make(), ttl_s=60)
     assert not other.is_viewer_token(raw)  # another key, another kid
     with pytest.raises(Unauthorized):
         other.verify(raw)
@@ -44,15 +44,15 @@ def test_a_key_file_path_works_and_a_public_key_is_refused(tmp_path: Path) -> No
     private = rsa.generate_private_key(65537, 2048)
     path = tmp_path / "viewer.pem"
     path.write_text(pem(private))
-    assert ViewerTokens(None, str(path), 60).algorithm == "RS256"
+    assert ViewerTokens(secret=None, key_pem=str(path), ttl_s=60).algorithm == "RS256"
     public = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     with pytest.raises(ValueError, match="private key"):
-        ViewerTokens(None, public, 60)
+        ViewerTokens(secret=None, key_pem=public, ttl_s=60)
 
 
 def test_each_token_is_unique_and_expires() -> None:
-    tokens = ViewerTokens("s" * 32, None, 60)
+    tokens = ViewerTokens(secret="s" * 32, key_pem=None, ttl_s=60)
     a = tokens.issue(study="1.2.3", patient="P", user="u", role=ViewerRole.PATIENT)
     b = tokens.issue(study="1.2.3", patient="P", user="u", role=ViewerRole.PATIENT)
     assert a != b  # a unique jti each time
@@ -73,7 +73,7 @@ def test_each_token_is_unique_and_expires() -> None:
 
 
 def test_without_a_secret_a_random_key_is_made() -> None:
-    one, two = ViewerTokens(None, None, 60), ViewerTokens(None, None, 60)
+    one, two = ViewerTokens(secret=None, key_pem=None, ttl_s=60), ViewerTokens(secret=None, key_pem=None, ttl_s=60)
     raw = one.issue(study="1.2.3", patient="P", user="u", role=ViewerRole.PATIENT)
     assert one.verify(raw).study == "1.2.3"
     assert not two.is_viewer_token(raw)

@@ -110,7 +110,7 @@ class JwksKeys:
     already held keep verifying.
     """
 
-    def __init__(self, url: str, cache_s: float, min_refetch_s: float, client: httpx.AsyncClient,
+    def __init__(self, *, url: str, cache_s: float, min_refetch_s: float, client: httpx.AsyncClient,
                  backoff_s: float = JWKS_BACKOFF_S, max_backoff_s: float = JWKS_MAX_BACKOFF_S) -> None:
         self._url = url
         self._cache_s = cache_s
@@ -229,7 +229,8 @@ class JwtAuthenticator:
             self._secret = OctKey.import_key(secret)
         elif jwks is not None:
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
-            self._jwks = JwksKeys(jwks.url, jwks.cache_s, jwks.min_refetch_s, self._client)
+            self._jwks = JwksKeys(url=jwks.url, cache_s=jwks.cache_s, min_refetch_s=jwks.min_refetch_s,
+                                  client=self._client)
 
     async def aclose(self) -> None:
         if self._client is not None:

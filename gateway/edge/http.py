@@ -30,7 +30,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway.errors import error_response
-from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +42,6 @@ class EdgeLimits:
     head_timeout_s: float
     max_query_bytes: int
     max_query_params: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> EdgeLimits:
-        return cls(max_field_bytes=settings.http_max_field_bytes, max_head_bytes=settings.http_max_head_bytes,
-                   max_fields=settings.http_max_fields, head_timeout_s=settings.http_head_timeout_s,
-                   max_query_bytes=settings.http_max_query_bytes, max_query_params=settings.http_max_query_params)
 
 
 def protocol_for(limits: EdgeLimits) -> type[EdgeProtocol]:

@@ -67,7 +67,7 @@ class OAuth2ClientCredentials:
     fetches a fresh one (a revoked token heals without restart).
     """
 
-    def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str | None,
+    def __init__(self, *, token_url: str, client_id: str, client_secret: str, scope: str | None,
                  timeout: httpx.Timeout) -> None:
         self._token_url = token_url
         self._scope = scope

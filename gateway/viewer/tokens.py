@@ -43,7 +43,7 @@ class ViewerGrant:
 
 
 class ViewerTokens:
-    def __init__(self, secret: str | None, key_pem: str | None, ttl_s: int) -> None:
+    def __init__(self, *, secret: str | None, key_pem: str | None, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         key: Key
         if key_pem:
