@@ -48,9 +48,9 @@ import httpx  # noqa: E402
 from joserfc import jwt  # noqa: E402
 from joserfc.jwk import OctKey  # noqa: E402
 
-from tests.dicom_factory import generated, gradient_row, image_dataset, new_uid  # noqa: E402
-from tests.orthanc import Orthanc, free_port  # noqa: E402
-from tests.processes import GatewayProcess  # noqa: E402
+from tests.support.dicom_factory import generated, gradient_row, image_dataset, new_uid  # noqa: E402
+from tests.support.orthanc import Orthanc, free_port  # noqa: E402
+from tests.support.processes import GatewayProcess  # noqa: E402
 
 RESULTS = REPO / "bench" / "results.md"
 MIB = 1024 * 1024

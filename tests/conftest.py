@@ -23,10 +23,10 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
-from tests.orthanc import Orthanc
-from tests.postgres import Postgres
-from tests.recorder import RecordingProxy
-from tests.servers import serve
+from tests.support.orthanc import Orthanc
+from tests.support.postgres import Postgres
+from tests.support.recorder import RecordingProxy
+from tests.support.servers import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO_ROOT, gateway_env
-from tests.orthanc import Orthanc, free_port
-from tests.processes import GatewayProcess
+from tests.support.orthanc import Orthanc, free_port
+from tests.support.processes import GatewayProcess
 
 
 def wait_for_status(url: str, status: int, timeout: float = 20.0) -> httpx.Response:

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.settings import Settings, SettingsError, load_settings
 from tests.conftest import gateway_env
-from tests.processes import CONSOLE_SCRIPT
+from tests.support.processes import CONSOLE_SCRIPT
 
 BASE = {"pacs_service_url": "http://127.0.0.1:8042/dicom-web", "auth_mode": "none"}
 

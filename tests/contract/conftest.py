@@ -17,13 +17,13 @@ import pytest
 
 from tests.conftest import gateway_env
 from tests.contract import curl
-from tests.dicom_factory import Instance, generated, write
-from tests.exams_support import SECRET, token
-from tests.orthanc import Orthanc
-from tests.processes import GatewayProcess
-from tests.receivers import Receiver, receivers
-from tests.servers import serve
-from tests.ups_simulator import UpsSimulator
+from tests.support.dicom_factory import Instance, generated, write
+from tests.support.exams_support import SECRET, token
+from tests.support.orthanc import Orthanc
+from tests.support.processes import GatewayProcess
+from tests.support.receivers import Receiver, receivers
+from tests.support.servers import serve
+from tests.support.ups_simulator import UpsSimulator
 
 AUTH_MODES = ["none", "jwt"]
 UID_ROOT = "1.2.826.0.1.3680043.10.777"

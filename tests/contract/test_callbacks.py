@@ -10,7 +10,7 @@ import httpx
 from tests.contract.conftest import Deployment
 from tests.contract.curl import arguments
 from tests.contract.page import CALLBACK
-from tests.receivers import wait_until
+from tests.support.receivers import wait_until
 
 
 async def test_callback_request_from_pacs(exams_gateway: Deployment) -> None:

@@ -11,8 +11,8 @@ import pytest
 from tests.contract.conftest import PAGE_PATIENT, Deployment, StoredExam
 from tests.contract.page import EXAM_THUMBNAIL, EXAMS_RETRIEVAL, EXAMS_UPLOAD
 from tests.contract.shapes import missing, shape
-from tests.dicom_factory import generated, write
-from tests.exams_support import new_patient_id
+from tests.support.dicom_factory import generated, write
+from tests.support.exams_support import new_patient_id
 
 
 def error_code(answer_json: object) -> str:

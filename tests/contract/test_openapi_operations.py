@@ -20,13 +20,13 @@ import pytest
 
 from tests.conftest import gateway_env
 from tests.contract.conftest import UID_ROOT
-from tests.dicom_factory import Instance, generated
-from tests.exams_support import SECRET, new_patient_id, token
-from tests.orthanc import Orthanc
-from tests.processes import GatewayProcess
-from tests.servers import serve
-from tests.test_openapi import documented_response, iter_operations, load_spec, resolve, schema_errors
-from tests.ups_simulator import UpsSimulator
+from tests.ops.test_openapi import documented_response, iter_operations, load_spec, resolve, schema_errors
+from tests.support.dicom_factory import Instance, generated
+from tests.support.exams_support import SECRET, new_patient_id, token
+from tests.support.orthanc import Orthanc
+from tests.support.processes import GatewayProcess
+from tests.support.servers import serve
+from tests.support.ups_simulator import UpsSimulator
 
 ALL_ROLES = ("clinician", "pacs")
 VIEWER_SECRET = "contract-viewer-token-secret-0123456789"

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.upstream.orthanc import orthanc_id
-from tests.dicom_factory import gradient_row, image_dataset, new_uid
+from tests.support.dicom_factory import gradient_row, image_dataset, new_uid
 
 _PLACEHOLDER = "PLACEHOLDER-PATIENT-ID-012345678"  # even length: no padding byte
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from tests.dicom_factory import Instance, generated, new_uid
-from tests.recorder import read_body
-from tests.test_callbacks import stow_direct
+from tests.callbacks.test_callbacks import stow_direct
+from tests.support.dicom_factory import Instance, generated, new_uid
+from tests.support.recorder import read_body
 
 
 @dataclass(frozen=True)

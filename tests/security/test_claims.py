@@ -18,8 +18,8 @@ from joserfc import jwt
 from joserfc.jwk import OctKey
 
 from tests.conftest import AppClient
-from tests.exams_support import SECRET
-from tests.recorder import RecordingProxy
+from tests.support.exams_support import SECRET
+from tests.support.recorder import RecordingProxy
 
 
 def signed(**claims: Any) -> dict[str, str]:

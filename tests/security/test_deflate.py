@@ -19,8 +19,6 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.dicom.part10 import PatientIdProbe, configure_pydicom
-from tests.exams_support import Exams, clinician, error, gateway, patient
-from tests.orthanc import Orthanc
 from tests.security.crafted import (
     deflate_bomb,
     deflated,
@@ -29,7 +27,9 @@ from tests.security.crafted import (
     stow_direct,
     upload_files,
 )
-from tests.servers import serve
+from tests.support.exams_support import Exams, clinician, error, gateway, patient
+from tests.support.orthanc import Orthanc
+from tests.support.servers import serve
 
 GIB = 1 << 30
 BOUND = 64 * 1024 * 1024

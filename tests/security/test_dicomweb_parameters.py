@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.exams_support import clinician, error, gateway, patient
-from tests.recorder import RecordingProxy
+from tests.support.exams_support import clinician, error, gateway, patient
+from tests.support.recorder import RecordingProxy
 
 VIEWER_SECRET = "viewer-secret-for-the-parameter-tests-0123456789"
 

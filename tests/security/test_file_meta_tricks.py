@@ -17,10 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from tests.dicom_factory import generated, gradient_row, image_dataset
-from tests.exams_support import Exams, error, gateway, new_patient_id, patient
-from tests.orthanc import Orthanc
-from tests.test_callbacks import stow_direct
+from tests.callbacks.test_callbacks import stow_direct
+from tests.support.dicom_factory import generated, gradient_row, image_dataset
+from tests.support.exams_support import Exams, error, gateway, new_patient_id, patient
+from tests.support.orthanc import Orthanc
 
 IMPLICIT, EXPLICIT, DEFLATED = b"1.2.840.10008.1.2", b"1.2.840.10008.1.2.1", b"1.2.840.10008.1.2.1.99"
 

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.settings import SettingsError, load_settings
 from tests.conftest import gateway_env
-from tests.processes import GatewayProcess
+from tests.support.processes import GatewayProcess
 
 KIB = 1024
 

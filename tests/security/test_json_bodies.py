@@ -17,9 +17,9 @@ import pytest
 
 from gateway.app import create_app
 from tests.conftest import make_settings, running
-from tests.exams_support import SECRET, clinician, token
-from tests.exams_support import error as error_body
-from tests.test_workitems import seed, stack
+from tests.support.exams_support import SECRET, clinician, token
+from tests.support.exams_support import error as error_body
+from tests.worklist.test_workitems import seed, stack
 
 SEED: dict[str, Any] = {
     "SourceID": "PACS-1", "StudyInstanceUID": "1.2.826.0.1.3680043.10.1234.5", "EventType": "COMPLETED",

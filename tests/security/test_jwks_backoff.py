@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import AppClient, TokenIssuer
-from tests.servers import ThreadedServer, serve
+from tests.support.servers import ThreadedServer, serve
 
 FLOOD = 200
 

@@ -18,10 +18,10 @@ import httpx
 import pydicom
 import pytest
 
-from tests.exams_support import clinician, gateway, patient
-from tests.orthanc import Orthanc
 from tests.security.shared_uids import MergingPacs, Person, SharedScene, shared_scene
-from tests.servers import serve
+from tests.support.exams_support import clinician, gateway, patient
+from tests.support.orthanc import Orthanc
+from tests.support.servers import serve
 
 VIEWER_SECRET = "viewer-secret-for-the-shared-uid-tests-0123456789"
 

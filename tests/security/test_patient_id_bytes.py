@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.dicom_factory import generated, new_uid
-from tests.exams_support import Exams, clinician, error, gateway, patient
-from tests.orthanc import Orthanc
 from tests.security.crafted import crafted, filed_under, stow_direct, upload_files
+from tests.support.dicom_factory import generated, new_uid
+from tests.support.exams_support import Exams, clinician, error, gateway, patient
+from tests.support.orthanc import Orthanc
 
 ATTACKER = "ATTACKER"
 

@@ -15,10 +15,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.exams_support import clinician, gateway, patient
-from tests.orthanc import Orthanc
 from tests.security.crafted import crafted, filed_under, upload_files
 from tests.security.test_patient_id_bytes import ACCEPTED, REFUSED, _victim_variants
+from tests.support.exams_support import clinician, gateway, patient
+from tests.support.orthanc import Orthanc
 
 SEED = 20261201
 RANDOM_FILES = 300

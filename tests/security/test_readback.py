@@ -23,12 +23,12 @@ from gateway.errors import UpstreamFailed
 from gateway.exams.readback import verify_filed_patient
 from gateway.ops.metrics import Metrics
 from tests.conftest import make_settings
-from tests.dicom_factory import generated
-from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
-from tests.orthanc import Orthanc
-from tests.recorder import read_body
 from tests.security.crafted import filed_under, stow_direct
-from tests.servers import serve
+from tests.support.dicom_factory import generated
+from tests.support.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
+from tests.support.orthanc import Orthanc
+from tests.support.recorder import read_body
+from tests.support.servers import serve
 
 
 @dataclass

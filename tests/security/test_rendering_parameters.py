@@ -12,10 +12,10 @@ import uuid
 
 import pytest
 
-from tests.dicom_factory import generated
-from tests.exams_support import error, gateway, patient
-from tests.recorder import RecordingProxy
-from tests.test_callbacks import stow_direct
+from tests.callbacks.test_callbacks import stow_direct
+from tests.support.dicom_factory import generated
+from tests.support.exams_support import error, gateway, patient
+from tests.support.recorder import RecordingProxy
 
 BAD = [
     ("viewport", "66000,66000"), ("viewport", "99999,99999"), ("viewport", "20000,20000"), ("viewport", "0,0"),

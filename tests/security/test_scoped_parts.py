@@ -10,7 +10,7 @@ import pytest
 from gateway.dicom.part10 import configure_pydicom
 from gateway.edge.multipart import MultipartError, PartReader
 from gateway.viewer.scoped_parts import ScopedParts
-from tests.dicom_factory import generated
+from tests.support.dicom_factory import generated
 
 BOUNDARY = "b0undary"
 

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.dicom_factory import generated, new_uid
-from tests.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
-from tests.orthanc import Orthanc
+from tests.callbacks.test_callbacks import stow_direct
 from tests.security.shared_uids import SharedScene, shared_scene
-from tests.test_callbacks import stow_direct
+from tests.support.dicom_factory import generated, new_uid
+from tests.support.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
+from tests.support.orthanc import Orthanc
 
 VIEWER_SECRET = "viewer-secret-for-the-shared-uid-tests-0123456789"
 

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from tests.dicom_factory import Instance, generated, new_uid
-from tests.exams_support import clinician, error, gateway, new_patient_id, patient
-from tests.orthanc import Orthanc
-from tests.recorder import RecordingProxy
-from tests.servers import serve
-from tests.test_callbacks import stow_direct
+from tests.callbacks.test_callbacks import stow_direct
+from tests.support.dicom_factory import Instance, generated, new_uid
+from tests.support.exams_support import clinician, error, gateway, new_patient_id, patient
+from tests.support.orthanc import Orthanc
+from tests.support.recorder import RecordingProxy
+from tests.support.servers import serve
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.exams_support import clinician, patient
-from tests.test_workitems import PROFILES, Stack, first, seed, stack
-from tests.ups_simulator import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
+from tests.support.exams_support import clinician, patient
+from tests.support.ups_simulator import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
+from tests.worklist.test_workitems import PROFILES, Stack, first, seed, stack
 
 VICTIM, ATTACKER = "VICTIM-1", "ATT-1"
 STUDY = "1.2.826.0.1.3680043.10.777.4242"
