@@ -20,9 +20,10 @@ from gateway.auth.callers import Authenticator, Caller, Role
 from gateway.dicom.media import DICOM_JSON, JPEG, MULTIPART_OCTET, PNG
 from gateway.dicom.tags import PATIENT_ID, STUDY_UID
 from gateway.dicom.uid import is_valid_uid
+from gateway.edge.bodies import accept_media_type
 from gateway.edge.params import bad_parameter
 from gateway.edge.related import spool_related
-from gateway.errors import Forbidden, NotFound, UnsupportedMediaType
+from gateway.errors import Forbidden, NotFound
 from gateway.exams.routes import Exams
 from gateway.exams.uploads import ExamUploads, FilePart
 from gateway.upstream.client import UpstreamClient
@@ -33,6 +34,7 @@ from gateway.viewer.relay import OFFERS, Links, Relay, datasets, multipart_accep
 from gateway.viewer.tokens import ViewerTokens
 
 PREFIX = "/dicomweb"
+STOW_MEDIA_TYPES = frozenset({"multipart/related"})  # PS3.18 §10.5.1.1; the part type is read per part
 CROSS_ORIGIN = {"Cross-Origin-Resource-Policy": "cross-origin"}
 _FRAMES = re.compile(r"[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,999}")
 _BULK = re.compile(r"[0-9A-Fa-f]{8}(/[0-9A-Fa-f]{8}|/[0-9]{1,6})*")
@@ -209,10 +211,7 @@ class DicomWeb:
             raise Forbidden("this token may only read", {"required": "a diagnostic viewer token or a clinician"})
         if access.study is not None and study not in (None, access.study):
             raise NotFound("no such study", {"study": study})
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/related"):
-            raise UnsupportedMediaType("STOW-RS takes multipart/related; type=\"application/dicom\"",
-                                       {"content_type": content_type})
+        accept_media_type(request, STOW_MEDIA_TYPES, "STOW-RS takes multipart/related; type=\"application/dicom\"")
         files = await spool_related(request, max_bytes=self._max_upload_bytes, max_parts=self._max_files)
         caller = (Caller("viewer", frozenset({Role.PATIENT}), access.patient) if access.patient is not None
                   else Caller("clinician", frozenset({Role.CLINICIAN})))

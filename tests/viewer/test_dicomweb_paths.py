@@ -156,3 +156,31 @@ async def test_the_caller_is_checked_before_the_path(app_client: AppClient, meth
         answer = await client.request(method, path)
     assert answer.status_code == 401
     assert answer.json()["error"]["message"] == "a bearer token is required"
+
+
+@pytest.mark.parametrize(("method", "path", "status", "message"), [
+    # A control character is part of the segment it ends: never dropped, so a UID with one is not a UID (the
+    # catch-all route's pattern dropped a trailing newline and served `1.2.3`; found in review, kept stricter).
+    ("GET", "/dicomweb/studies/1.2.3%0A", 400, "study UID in the path: not a valid UID"),
+    ("GET", "/dicomweb/studies/1.2.3/series/1.2.4%0A", 400, "series UID in the path: not a valid UID"),
+    ("GET", f"{INSTANCE}%0A", 400, "instance UID in the path: not a valid UID"),
+    ("GET", f"{INSTANCE}/frames/1%0A", 404, "no such DICOMweb resource"),
+    ("POST", "/dicomweb/studies/1.2.3%0A", 400, "study UID in the path: not a valid UID"),
+    ("POST", "/dicomweb/studies%0A", 404, STOW_MISS),
+])
+async def test_a_newline_in_the_path_is_part_of_its_segment(app_client: AppClient, method: str, path: str,
+                                                            status: int, message: str) -> None:
+    async with app_client() as client:
+        answer = await client.request(method, path, headers=STOW_HEADERS if method == "POST" else {},
+                                      content=b"--x--" if method == "POST" else None)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["message"] == message
+
+
+@pytest.mark.parametrize("content_type", ["multipart/relatedx; boundary=x", "multipart/related-ish; boundary=x",
+                                          "application/dicom", ""])
+async def test_stow_takes_multipart_related_and_no_look_alike(app_client: AppClient, content_type: str) -> None:
+    async with app_client() as client:
+        answer = await client.post("/dicomweb/studies", headers={"Content-Type": content_type}, content=b"--x--")
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error"]["details"] == {"content_type": content_type}
