@@ -1,0 +1,87 @@
+"""Group commit of audit records: each request waits for the commit of the batch that holds its record.
+
+A request's answer must not leave before its audit record is durable (issue 13), but a transaction per request
+would cost a commit (an fsync on SQLite with `synchronous=FULL`) per request. So records are queued, and one writer
+task commits everything queued as one transaction: while a commit is in flight, the records of the requests that
+arrive meanwhile gather into the next batch. Alone, a request waits for one commit; under load, many share it.
+
+If the store fails, every record of the failed batch raises `AuditUnavailable` (503) in its request: data requests
+fail closed rather than answer without a record. The journal is opened and closed by the lifespan; records written
+while it is closing still get their commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from gateway.errors import ServiceUnavailable
+from gateway.store.audit import AuditRow, AuditStore
+
+log = structlog.get_logger(__name__)
+
+
+class AuditUnavailable(ServiceUnavailable):
+    code = "audit_unavailable"
+
+
+class AuditJournal:
+    def __init__(self, *, store: AuditStore, max_batch: int = 500) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[tuple[AuditRow, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0  # transactions committed: the tests read how many records shared one
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-journal")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then end the writer."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def write(self, row: AuditRow) -> int:
+        """Queue `row` and return its id once the batch that holds it is committed; `AuditUnavailable` otherwise."""
+        if self._task is None or self._task.done():
+            raise AuditUnavailable("the audit trail is not accepting records", {"reason": "not running"})
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)
+        self._queue.append((row, done))
+        self._wake.set()
+        return await asyncio.shield(done)  # a request cancelled meanwhile does not take its record out of the batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[tuple[AuditRow, asyncio.Future[int]]]) -> None:
+        try:
+            ids = await self._store.add_many([row for row, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - whatever the store raised, each waiting request fails closed
+            # The type only: a database error's text can quote the row, and the row is PHI.
+            log.error("audit_store_failed", error=type(exc).__name__, records=len(batch))  # noqa: TRY400
+            for _, done in batch:
+                done.set_exception(AuditUnavailable("the audit trail could not be written",
+                                                    {"reason": type(exc).__name__}))
+            return
+        self.commits += 1
+        for (_, done), record_id in zip(batch, ids, strict=True):
+            done.set_result(record_id)  # shielded in write(): never cancelled, even when its request was
+
+
+def _retrieved(done: asyncio.Future[int]) -> None:
+    """Mark the outcome as seen: when the request was cancelled, nobody else reads a failed batch's exception."""
+    if not done.cancelled():
+        done.exception()

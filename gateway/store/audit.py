@@ -1,0 +1,144 @@
+"""The stored audit trail: rows written in batches (group commit), read by patient and time, leased for shipping.
+
+A row holds the whole audit record as JSON (`record`) and, beside it, the columns the auditor's search filters on.
+Shipping to the audit repository follows the callback outbox (`store.events`): rows are leased (`lease_owner`,
+`lease_until`; `FOR UPDATE SKIP LOCKED` on PostgreSQL), marked shipped once the syslog server took them, and a lease
+left by a killed gateway expires, so every row is shipped at least once. Times are Unix seconds (doubles).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, Column, Float, Integer, String, Table, Text, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.store.events import metadata
+
+PENDING, SHIPPED = "pending", "shipped"
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+_SECONDS = Float(precision=53)
+audit_records = Table(
+    "audit_records", metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("recorded_at", _SECONDS, nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("outcome", Integer, nullable=False),
+    Column("patient_id", String(64)),
+    Column("study_uid", String(64)),
+    Column("subject", String(256)),
+    Column("record", Text, nullable=False),
+    Column("ship_state", String(16), nullable=False),
+    Column("ship_attempts", Integer, nullable=False),
+    Column("next_ship_at", _SECONDS, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", _SECONDS),
+    Column("shipped_at", _SECONDS),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One audit record as stored: what an auditor's search filters on, and the whole record as JSON."""
+
+    recorded_at: float
+    request_id: str
+    event: str
+    outcome: int  # PS3.15 A.5.3 EventOutcomeIndicator: 0 success, 4, 8, 12 failures
+    patient_id: str | None
+    study_uid: str | None
+    subject: str | None
+    record: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAudit:
+    id: int
+    row: AuditRow
+
+
+class AuditStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    async def add_many(self, rows: Sequence[AuditRow]) -> list[int]:
+        """Store `rows` in one transaction (one commit, one fsync, for a whole batch); their ids, in order."""
+        now = time.time()
+        ids: list[int] = []
+        async with self.engine.begin() as conn:
+            for row in rows:
+                result = await conn.execute(audit_records.insert().values(
+                    recorded_at=row.recorded_at, request_id=row.request_id, event=row.event, outcome=row.outcome,
+                    patient_id=row.patient_id, study_uid=row.study_uid, subject=row.subject, record=row.record,
+                    ship_state=PENDING, ship_attempts=0, next_ship_at=now,
+                ))
+                key = result.inserted_primary_key
+                assert key is not None
+                ids.append(int(key[0]))
+        return ids
+
+    async def search(self, *, patient_id: str | None, since: float | None, until: float | None, limit: int,
+                     after_id: int | None = None) -> list[StoredAudit]:
+        """Records oldest first, optionally of one patient and within [since, until); `after_id` pages on."""
+        query = select(audit_records).order_by(audit_records.c.id).limit(limit)
+        if patient_id is not None:
+            query = query.where(audit_records.c.patient_id == patient_id)
+        if since is not None:
+            query = query.where(audit_records.c.recorded_at >= since)
+        if until is not None:
+            query = query.where(audit_records.c.recorded_at < until)
+        if after_id is not None:
+            query = query.where(audit_records.c.id > after_id)
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(query)).all()
+        return [StoredAudit(int(r.id), AuditRow(float(r.recorded_at), r.request_id, r.event, int(r.outcome),
+                                                r.patient_id, r.study_uid, r.subject, r.record)) for r in found]
+
+    async def claim_unshipped(self, owner: str, limit: int, lease_s: float) -> list[StoredAudit]:
+        """Lease up to `limit` records due for shipping, oldest first; each claim counts as an attempt."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            due = (select(audit_records.c.id)
+                   .where(audit_records.c.ship_state == PENDING, audit_records.c.next_ship_at <= now,
+                          or_(audit_records.c.lease_until.is_(None), audit_records.c.lease_until < now))
+                   .order_by(audit_records.c.id).limit(limit))
+            if self._postgres:
+                due = due.with_for_update(skip_locked=True)
+            ids = [int(i) for i in (await conn.execute(due)).scalars()]
+            if not ids:
+                return []
+            await conn.execute(update(audit_records).where(audit_records.c.id.in_(ids)).values(
+                lease_owner=owner, lease_until=now + lease_s, ship_attempts=audit_records.c.ship_attempts + 1))
+            found = (await conn.execute(select(audit_records).where(audit_records.c.id.in_(ids))
+                                        .order_by(audit_records.c.id))).all()
+        return [StoredAudit(int(r.id), AuditRow(float(r.recorded_at), r.request_id, r.event, int(r.outcome),
+                                                r.patient_id, r.study_uid, r.subject, r.record)) for r in found]
+
+    async def shipped(self, owner: str, ids: Sequence[int]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(audit_records)
+                               .where(audit_records.c.id.in_(list(ids)), audit_records.c.lease_owner == owner)
+                               .values(ship_state=SHIPPED, shipped_at=time.time(), lease_owner=None,
+                                       lease_until=None))
+
+    async def ship_failed(self, owner: str, ids: Sequence[int], retry_at: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(audit_records)
+                               .where(audit_records.c.id.in_(list(ids)), audit_records.c.lease_owner == owner)
+                               .values(next_ship_at=retry_at, lease_owner=None, lease_until=None))
+
+    async def purge_before(self, cutoff: float, batch: int) -> int:
+        """Delete up to `batch` shipped records older than `cutoff` (retention); how many went. An unshipped record
+        is kept whatever its age: the repository has not got it yet."""
+        async with self.engine.begin() as conn:
+            old = (select(audit_records.c.id)
+                   .where(audit_records.c.recorded_at < cutoff, audit_records.c.ship_state == SHIPPED)
+                   .order_by(audit_records.c.id).limit(batch))
+            ids = [int(i) for i in (await conn.execute(old)).scalars()]
+            if ids:
+                await conn.execute(delete(audit_records).where(audit_records.c.id.in_(ids)))
+        return len(ids)

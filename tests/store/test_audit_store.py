@@ -1,0 +1,126 @@
+"""The stored audit trail (`gateway.store.audit`) and its group commit (`gateway.audit.journal`), on SQLite and
+PostgreSQL: batches share one transaction, each writer learns its own id, a failing store fails every writer of the
+batch, shipping leases are exclusive and expire, retention keeps what was not shipped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.audit.journal import AuditJournal, AuditUnavailable
+from gateway.store.audit import AuditRow, AuditStore
+from gateway.store.db import create_engine, migrate
+
+ROW = AuditRow(recorded_at=0.0, request_id="r0", event="query", outcome=0, patient_id="PAT-1",
+               study_uid="1.2.3", subject="alice", record='{"event":"query"}')
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+def row(n: int, **changes: object) -> AuditRow:
+    return replace(ROW, recorded_at=1000.0 + n, request_id=f"r{n}", **changes)  # type: ignore[arg-type]
+
+
+async def test_records_are_found_by_patient_and_time_oldest_first(engine: AsyncEngine) -> None:
+    store = AuditStore(engine)
+    ids = await store.add_many([row(1), row(2, patient_id="PAT-2"), row(3), row(4)])
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+    found = await store.search(patient_id="PAT-1", since=1001.5, until=1004.0, limit=10)
+    assert [f.row.request_id for f in found] == ["r3"]
+    first = await store.search(patient_id="PAT-1", since=None, until=None, limit=2)
+    assert [f.row.request_id for f in first] == ["r1", "r3"]
+    rest = await store.search(patient_id="PAT-1", since=None, until=None, limit=2, after_id=first[-1].id)
+    assert [f.row.request_id for f in rest] == ["r4"]
+    assert found[0].row == row(3)
+
+
+async def test_concurrent_writers_share_commits_and_each_gets_its_own_record(engine: AsyncEngine) -> None:
+    journal = AuditJournal(store=AuditStore(engine))
+    await journal.start()
+    try:
+        ids = await asyncio.gather(*(journal.write(row(n)) for n in range(200)))
+    finally:
+        await journal.stop()
+    assert len(set(ids)) == 200
+    assert journal.commits < 50  # 200 records, far fewer transactions
+    stored = await AuditStore(engine).search(patient_id=None, since=None, until=None, limit=500)
+    by_id = {s.id: s.row.request_id for s in stored}
+    assert [by_id[i] for i in ids] == [f"r{n}" for n in range(200)]  # each writer was given its own row's id
+
+
+async def test_a_failing_store_fails_every_writer_of_the_batch_closed(engine: AsyncEngine) -> None:
+    store = AuditStore(engine)
+    journal = AuditJournal(store=store)
+    await journal.start()
+    await engine.dispose()
+    broken = create_engine("sqlite:////nonexistent-dir-for-audit/x.db")
+    journal._store = AuditStore(broken)  # the database goes away under the journal
+    try:
+        results = await asyncio.gather(*(journal.write(row(n)) for n in range(5)), return_exceptions=True)
+        assert all(isinstance(r, AuditUnavailable) for r in results), results
+        assert all(r.status_code == 503 for r in results if isinstance(r, AuditUnavailable))
+        journal._store = store  # back: the next records are written again
+        assert await journal.write(row(9)) > 0
+    finally:
+        await journal.stop()
+        await broken.dispose()
+
+
+async def test_a_writer_that_gives_up_does_not_lose_its_record(engine: AsyncEngine) -> None:
+    journal = AuditJournal(store=AuditStore(engine))
+    await journal.start()
+    try:
+        waiting = asyncio.create_task(journal.write(row(1)))
+        await asyncio.sleep(0)
+        waiting.cancel()  # the client went away while its record was being committed
+        await asyncio.gather(waiting, return_exceptions=True)
+    finally:
+        await journal.stop()  # commits what was queued
+    stored = await AuditStore(engine).search(patient_id=None, since=None, until=None, limit=10)
+    assert [s.row.request_id for s in stored] == ["r1"]
+
+
+async def test_a_closed_journal_refuses_at_once() -> None:
+    journal = AuditJournal(store=AuditStore(create_engine("sqlite://")))
+    with pytest.raises(AuditUnavailable):
+        await journal.write(ROW)
+
+
+async def test_shipping_leases_are_exclusive_expire_and_end_when_shipped(engine: AsyncEngine) -> None:
+    store = AuditStore(engine)
+    await store.add_many([row(n) for n in range(5)])
+    first = await store.claim_unshipped("a", 3, lease_s=0.3)
+    second = await store.claim_unshipped("b", 10, lease_s=0.3)
+    assert len(first) == 3
+    assert len(second) == 2
+    assert not {c.id for c in first} & {c.id for c in second}
+    assert await store.claim_unshipped("c", 10, lease_s=0.3) == []
+    await store.shipped("a", [c.id for c in first])
+    await store.ship_failed("b", [second[0].id], retry_at=time.time() + 60)
+    await asyncio.sleep(0.4)  # b's other lease runs out (b was killed)
+    again = await store.claim_unshipped("c", 10, lease_s=5)
+    assert [c.id for c in again] == [second[1].id]
+
+
+async def test_retention_purges_shipped_records_in_batches_and_keeps_unshipped_ones(engine: AsyncEngine) -> None:
+    store = AuditStore(engine)
+    ids = await store.add_many([row(n) for n in range(6)])
+    claimed = await store.claim_unshipped("a", 4, lease_s=5)
+    await store.shipped("a", [c.id for c in claimed])
+    assert await store.purge_before(cutoff=2000.0, batch=3) == 3
+    assert await store.purge_before(cutoff=2000.0, batch=3) == 1
+    assert await store.purge_before(cutoff=2000.0, batch=3) == 0  # the two unshipped ones stay, however old
+    left = await store.search(patient_id=None, since=None, until=None, limit=10)
+    assert [s.id for s in left] == ids[4:]
