@@ -7,26 +7,28 @@ in the store can be written as a valid message.
 
 ## The events, and why these PS3.15 A.5.3 messages (codes from PS3.16 CID 400 and CID 403)
 
-| gateway event                                | `EventKind`             | EventID (DCM)                 | action    |
-|----------------------------------------------|-------------------------|-------------------------------|-----------|
-| search (`/exams` QIDO, `/dicomweb` QIDO)     | `QUERY`                 | 110112 Query                  | E         |
-| download (DICOM, bulk data)                  | `INSTANCES_TRANSFERRED` | 110104 DICOM Instances Transf.| R         |
-| upload (STOW-RS), completed                  | `INSTANCES_TRANSFERRED` | 110104                        | C (or U)  |
-| upload, large, before the transfer           | `BEGIN_TRANSFERRING`    | 110102 Begin Transferring ... | E         |
-| thumbnail, rendered frame                    | `INSTANCES_ACCESSED`    | 110103 DICOM Instances Acc.   | R         |
-| worklist create / search / cancel            | `ORDER_RECORD`          | 110109 Order Record           | C / R / U |
-| new-exam callback received (PACS the actor)  | `PROCEDURE_RECORD`      | 110111 Procedure Record       | C         |
-| viewer token issued                          | `SECURITY_ALERT`        | 110113 Security Alert         | E         |
-| any refusal (scope, token, upload scope)     | `SECURITY_ALERT`        | 110113 Security Alert         | E         |
+| gateway event                           | `EventKind`             | EventID (DCM)                         | action  |
+|-----------------------------------------|-------------------------|---------------------------------------|---------|
+| search (`/exams`, `/dicomweb` QIDO-RS)  | `QUERY`                 | 110112 Query                          | E       |
+| download (DICOM, bulk data)             | `INSTANCES_TRANSFERRED` | 110104 DICOM Instances Transferred    | R       |
+| upload (STOW-RS), completed             | `INSTANCES_TRANSFERRED` | 110104 DICOM Instances Transferred    | C or U  |
+| upload, large, before the transfer      | `BEGIN_TRANSFERRING`    | 110102 Begin Transferring DICOM Inst. | E       |
+| thumbnail, rendered frame               | `INSTANCES_ACCESSED`    | 110103 DICOM Instances Accessed       | R       |
+| worklist create / search / cancel       | `ORDER_RECORD`          | 110109 Order Record                   | C, R, U |
+| new-exam callback (the PACS acts)       | `PROCEDURE_RECORD`      | 110111 Procedure Record               | C       |
+| viewer token issued                     | `SECURITY_ALERT`        | 110113 Security Alert, type 110135    | E       |
+| refusal: bad or expired token           | `SECURITY_ALERT`        | 110113 Security Alert, type 110126    | E       |
+| refusal: outside the caller's scope     | `SECURITY_ALERT`        | 110113 Security Alert, type 110132    | E       |
 
 - Query (A.5.3.10) "describes the event of a Query being issued or received"; the gateway receives it and issues it
   to the PACS. A QIDO-RS search is not a DICOM query Data Set, so the query object is identified by its URI
   (RFC-3881 ID type 12) and its parameters are the ParticipantObjectQuery, as A.5.3.10 Note 2 allows for non-DICOM
   queries; the (110181 SOP Class UID) form would require a Transfer Syntax detail that a URL does not have.
 - Downloads move DICOM instances from the PACS (source) to the caller (destination): Instances Transferred
-  (A.5.3.7), action R ("the audit source ... does not know whether the instances were previously held" by the
-  receiver). Uploads move them the other way: C when the PACS did not hold them, U when it replaced some.
-  `data_flow` says which way they went, so the messages' Source (110153) and Destination (110152) roles are right.
+  (A.5.3.7), action R (A.5.3.7: "If the Audit Source is either not the receiver, or otherwise does not know
+  whether or not the instances previously were held by the receiving node, then use R"). Uploads move them the
+  other way: C when the PACS did not hold them, U when it replaced some. `data_flow` says which way they went, so
+  that the messages' Source (110153) and Destination (110152) roles are right.
 - Thumbnails and rendered frames are a use of the instances, not a copy of them: Instances Accessed (A.5.3.6),
   "SOP Instances being viewed, utilized", action R.
 - Worklist items are orders: Order Record (A.5.3.13); a cancel changes the item's state, so it is an update (U).
@@ -56,9 +58,11 @@ A.5.2.1 asks audit identifiers to be matchable with).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum, IntEnum, StrEnum
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +203,9 @@ class AuditRecord:
     - `alert`: the Security Alert's type, exactly for `SECURITY_ALERT`;
     - `data_flow`: exactly for the transfers (`INSTANCES_TRANSFERRED`, `BEGIN_TRANSFERRING`).
 
-    Raises `ValueError` when the record cannot be a valid message of its kind.
+    Raises `ValueError` when the record cannot be a valid message of its kind. `to_json` and `from_json` are the
+    stored form (`store.audit`, column `record`): exact for every value, hostile ones included (ASCII JSON, so a
+    NUL or a lone surrogate is an escape, not a byte).
     """
 
     kind: EventKind
@@ -234,3 +240,121 @@ class AuditRecord:
             raise ValueError("query is given exactly for a QUERY")
         if self.kind in (EventKind.QUERY, EventKind.SECURITY_ALERT) and self.resource is None:
             raise ValueError(f"{self.kind.name} needs the resource (its query object or alert subject)")
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": _FORMAT,
+            "kind": self.kind.name,
+            "action": self.action.value,
+            "outcome": int(self.outcome),
+            "when": self.when.isoformat(timespec="microseconds"),
+            "request_id": self.request_id,
+            "actor": {"subject": self.actor.subject, "roles": list(self.actor.roles), "issuer": self.actor.issuer,
+                      "address": self.actor.address, "is_requestor": self.actor.is_requestor},
+            "peer": {"user_id": self.peer.user_id, "address": self.peer.address},
+            "outcome_description": self.outcome_description,
+            "patient_id": self.patient_id,
+            "studies": [{"study_uid": study.study_uid, "series_uids": list(study.series_uids),
+                         "instances": [[i.sop_instance_uid, i.sop_class_uid] for i in study.instances]}
+                        for study in self.studies],
+            "resource": self.resource,
+            "query": None if self.query is None else [list(pair) for pair in self.query],
+            "alert": None if self.alert is None else self.alert.name,
+            "data_flow": None if self.data_flow is None else self.data_flow.value,
+        }, ensure_ascii=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditRecord:
+        """The record `to_json` wrote; `ValueError` for anything else."""
+        try:
+            data = _Fields(json.loads(text))
+            if data.integer("format") != _FORMAT:
+                raise ValueError("unknown audit record format")
+            actor, peer = data.nested("actor"), data.nested("peer")
+            query = data.optional_items("query")
+            alert, data_flow = data.optional_text("alert"), data.optional_text("data_flow")
+            return cls(
+                kind=EventKind[data.text("kind")],
+                action=Action(data.text("action")),
+                outcome=Outcome(data.integer("outcome")),
+                when=datetime.fromisoformat(data.text("when")),
+                request_id=data.text("request_id"),
+                actor=Actor(subject=actor.text("subject"), roles=tuple(_str(r) for r in actor.items("roles")),
+                            issuer=actor.optional_text("issuer"), address=actor.optional_text("address"),
+                            is_requestor=actor.boolean("is_requestor")),
+                peer=Peer(user_id=peer.text("user_id"), address=peer.optional_text("address")),
+                outcome_description=data.text("outcome_description"),
+                patient_id=data.optional_text("patient_id"),
+                studies=tuple(_study(_Fields(s)) for s in data.items("studies")),
+                resource=data.optional_text("resource"),
+                query=None if query is None else tuple(_pair(p) for p in query),
+                alert=None if alert is None else AlertType[alert],
+                data_flow=None if data_flow is None else DataFlow(data_flow),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an audit record: {exc!r}") from exc
+
+
+_FORMAT = 1
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _pair(value: object) -> tuple[str, str]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError("expected a pair")
+    return _str(value[0]), _str(value[1])
+
+
+def _study(data: _Fields) -> StudyRef:
+    instances = []
+    for item in data.items("instances"):
+        if not isinstance(item, list) or len(item) != 2:
+            raise TypeError("expected [instance UID, SOP Class UID or null]")
+        instances.append(InstanceRef(_str(item[0]), None if item[1] is None else _str(item[1])))
+    return StudyRef(study_uid=data.text("study_uid"), series_uids=tuple(_str(u) for u in data.items("series_uids")),
+                    instances=tuple(instances))
+
+
+class _Fields:
+    """A JSON object's fields, each read as the type it must have (`TypeError` otherwise)."""
+
+    def __init__(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise TypeError("expected an object")
+        self._data: dict[str, object] = data
+
+    def text(self, key: str) -> str:
+        return _str(self._data[key])
+
+    def optional_text(self, key: str) -> str | None:
+        value = self._data[key]
+        return None if value is None else _str(value)
+
+    def integer(self, key: str) -> int:
+        value = self._data[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{key}: expected an integer")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self._data[key]
+        if not isinstance(value, bool):
+            raise TypeError(f"{key}: expected true or false")
+        return value
+
+    def items(self, key: str) -> list[object]:
+        value = self._data[key]
+        if not isinstance(value, list):
+            raise TypeError(f"{key}: expected a list")
+        return value
+
+    def optional_items(self, key: str) -> list[object] | None:
+        return None if self._data[key] is None else self.items(key)
+
+    def nested(self, key: str) -> _Fields:
+        return _Fields(self._data[key])

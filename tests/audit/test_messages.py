@@ -586,3 +586,35 @@ def test_hostile_query_parameters_and_user_ids_stay_out_of_the_markup() -> None:
 def test_a_record_that_cannot_be_its_message_is_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=r"."):
         _record(**changes)
+
+
+# --- the stored form --------------------------------------------------------------------------------------------
+
+def test_a_record_survives_its_json_exactly() -> None:
+    record = _record(
+        kind=EventKind.QUERY, action=Action.EXECUTE, outcome=Outcome.SERIOUS_FAILURE, outcome_description=HOSTILE,
+        patient_id=HOSTILE, studies=(StudyRef(STUDY, (SERIES,), (InstanceRef("1.2.3.1", CT), InstanceRef("1.2"))),),
+        resource="/dicomweb/studies?" + HOSTILE, query=((HOSTILE, "é"), ("limit", "10")),
+        actor=Actor(subject=HOSTILE, roles=("patient", "viewer"), issuer=None, address=None, is_requestor=False),
+    )
+    text = record.to_json()
+    assert text.isascii()  # NUL and lone surrogates are escapes: safe in a PostgreSQL text column
+    assert AuditRecord.from_json(text) == record
+    assert to_xml(AuditRecord.from_json(text), SOURCE_ID) == to_xml(record, SOURCE_ID)
+    alert = _record(kind=EventKind.SECURITY_ALERT, action=Action.EXECUTE, alert=AlertType.NODE_AUTHENTICATION,
+                    resource="/token", data_flow=None)
+    transfer = _record(kind=EventKind.INSTANCES_TRANSFERRED, data_flow=DataFlow.TO_ACTOR)
+    for other in (alert, transfer):
+        assert AuditRecord.from_json(other.to_json()) == other
+
+
+@pytest.mark.parametrize("text", [
+    "", "[]", "{}", '{"format": 2}',
+    _record().to_json().replace('"outcome":0', '"outcome":3'),
+    _record().to_json().replace('"outcome":0', '"outcome":true'),
+    _record().to_json().replace('"kind":"INSTANCES_ACCESSED"', '"kind":"QUERY"'),  # a Query without its query
+    _record().to_json().replace('"patient_id":"PAT-1"', '"patient_id":1'),
+])
+def test_json_that_is_not_a_record_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        AuditRecord.from_json(text)
