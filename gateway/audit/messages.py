@@ -243,7 +243,9 @@ def _by_sop_class(instances: tuple[InstanceRef, ...]) -> list[tuple[str | None, 
 
 
 def _coded(tag: str, code: Code) -> ET.Element:
-    return ET.Element(tag, {"csd-code": code.code, "codeSystemName": code.system, "originalText": code.meaning})
+    return ET.Element(tag, {
+        "csd-code": _text(code.code), "codeSystemName": _text(code.system), "originalText": _text(code.meaning),
+    })
 
 
 def _boolean(value: bool) -> str:

@@ -552,7 +552,7 @@ def test_a_plain_id_has_no_exact_copy() -> None:
 
 def test_hostile_query_parameters_and_user_ids_stay_out_of_the_markup() -> None:
     params = (("PatientId", "<x>&\x00"), ("\udc80", "é"))
-    actor = Actor(subject='"><Evil/>', roles=("patient",), issuer="i\x01", address="not an <ip>")
+    actor = Actor(subject='"><Evil/>', roles=("pa\x00tient",), issuer="i\x01", address="not an <ip>")
     root = _message(_record(kind=EventKind.QUERY, action=Action.EXECUTE, studies=(), actor=actor,
                             resource="/exams/studies?<", query=params))
     (query,) = _objects(root, "12")
@@ -564,6 +564,7 @@ def test_hostile_query_parameters_and_user_ids_stay_out_of_the_markup() -> None:
     assert actor_element.attrib["UserID"] == '"><Evil/>'
     assert actor_element.attrib["AlternativeUserID"] == '"><Evil/>@i\ufffd'
     assert actor_element.attrib["NetworkAccessPointTypeCode"] == "1"
+    assert _roles(actor_element)[1] == ("pa\ufffdtient", "dicom-gateway", "pa\ufffdtient")
     assert root.find(".//Evil") is None
 
 
