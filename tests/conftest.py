@@ -26,6 +26,7 @@ from gateway.settings import Settings, load_settings
 from tests.support.orthanc import Orthanc
 from tests.support.postgres import Postgres
 from tests.support.recorder import RecordingProxy
+from tests.support.rsyslog import Rsyslog
 from tests.support.servers import serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,3 +166,18 @@ def gateway_env(**settings: str) -> dict[str, str]:
            if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "CALLBACK_", "NEW_EXAM_"))}
     env.update({k.upper(): v for k, v in settings.items()})
     return env
+
+
+@pytest.fixture
+def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
+    """A private rsyslogd on a free loopback port (plain TCP, octet counting): the audit record repository.
+
+    One per test (it starts in about 0.1 s), so that a test may stop, kill and restart it; `Rsyslog.wait_for` reads
+    back what it wrote.
+    """
+    server = Rsyslog(tmp_path_factory.mktemp("rsyslog"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
