@@ -244,6 +244,21 @@ async def test_a_send_that_succeeded_was_acknowledged_by_the_server(rsyslog: Rsy
     assert [number_of(r) for r in rsyslog.wait_for(30)] == delivered
 
 
+async def test_rsyslog_at_its_default_size_limit_cuts_a_large_message_into_pieces(tmp_path: Path) -> None:
+    """Why docs/operations.md asks for maxMessageSize: at rsyslog's default (8 KiB) a large audit message is stored
+    as 8 KiB pieces, each a message of its own (only the first has our header), and nothing tells the sender.
+    The framing stays in step: the next message is whole."""
+    large, small = (frame(audit_xml(n, padding=p), severity=5, **HEADER) for n, p in ((0, 20_000), (1, 0)))
+    with Rsyslog(tmp_path / "rsyslog", max_message_size=8192) as server:
+        sender = SyslogSender(url=server.url)
+        await sender.send([large, small])
+        await sender.aclose()
+        received = server.wait_for(4)
+    assert received[0].raw == syslog_msg(large)[:8192]
+    assert [r.msgid for r in received[1:-1]] == ["-", "-"]  # the rest of the XML, read as two header-less messages
+    assert received[-1].raw == syslog_msg(small)
+
+
 async def test_a_server_that_stops_reading_makes_send_time_out(tmp_path: Path) -> None:
     with socket.socket() as listener:  # accepts connections (the kernel does) and never reads: a stuck repository
         listener.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ trailing LF kept) and the header fields as rsyslog's own RFC 5424 parser read th
 sent and that a real syslog server understood it. imtcp listens on 127.0.0.1 only, with octet-counted framing
 (RFC 6587 §3.4.1) on; with ``tls`` it speaks TLS only (the gtls driver, rsyslog-gnutls) and, by default, demands a
 client certificate signed by the CA (``x509/certvalid``: ATNA's mutual authentication).
-``maxMessageSize`` is 4 MiB: rsyslog's default of 8 KiB would truncate a large audit message.
+``maxMessageSize`` is 4 MiB by default: at rsyslog's own default of 8 KiB a large audit message arrives in pieces.
 start() takes about 0.1 s, stop() about 0.1 s.
 """
 
@@ -86,10 +86,17 @@ def _property(outname: str, spec: str) -> str:
 class Rsyslog:
     """One rsyslogd process whose config, work directory, logs and pid file live in ``run_dir``."""
 
-    def __init__(self, run_dir: Path, port: int | None = None, tls: RsyslogTls | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        tls: RsyslogTls | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.port = port if port is not None else free_port()
         self.tls = tls
+        self.max_message_size = max_message_size
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,7 +126,7 @@ class Rsyslog:
         return (
             "global(\n"
             f'  workDirectory="{work}"\n'
-            f'  maxMessageSize="{MAX_MESSAGE_SIZE}"\n'
+            f'  maxMessageSize="{self.max_message_size}"\n'
             # Keep the message as it arrived: rsyslog would otherwise write a LF as "#012" and drop a trailing one.
             '  parser.escapeControlCharactersOnReceive="off"\n'
             '  parser.dropTrailingLFOnReception="off"\n'
