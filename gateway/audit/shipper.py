@@ -18,12 +18,31 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway.audit.messages import to_xml
+from gateway.audit.records import AuditRecord, Outcome
+from gateway.audit.syslog import frame
 from gateway.store.audit import AuditStore, StoredAudit
 
 log = structlog.get_logger(__name__)
 
 Render = Callable[[StoredAudit], bytes]
 Send = Callable[[list[bytes]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogRendering:
+    """A stored record as the repository receives it: its PS3.15 A.5.1 XML in one RFC 5424 syslog frame."""
+
+    source_id: str  # AuditSourceID (A.5.1): which gateway wrote the record
+    hostname: str
+    app_name: str = "dicom-gateway"
+
+    def __call__(self, stored: StoredAudit) -> bytes:
+        record = AuditRecord.from_json(stored.row.record)
+        # Severity 5 (notice) for a success, 4 (warning) for a failure or refusal (PS3.15 A.6; IHE ITI TF-2 3.20).
+        severity = 5 if record.outcome is Outcome.SUCCESS else 4
+        return frame(to_xml(record, self.source_id), hostname=self.hostname, app_name=self.app_name,
+                     procid=str(stored.id), timestamp=record.when, severity=severity)
 
 
 @dataclass(frozen=True, slots=True)
