@@ -1,0 +1,145 @@
+"""Recording the audit trail of every audited request, before its answer leaves (issue 13, in progress).
+
+`AuditMiddleware` wraps the routes. During the request, the code that knows the facts notes them in the request's
+`AuditFacts` (who the caller is, which patient and studies, why a request was refused); when the answer starts, the
+middleware turns route, status and facts into an `AuditRecord` (`classify`, given by the assembly) and holds the
+answer's first byte until the journal has committed the record. If the record cannot be committed, a successful
+answer is replaced by `503 audit_unavailable` (fail closed); a refusal is sent as it is, since it gave nothing away.
+Routes the classifier returns no record for (health, metrics, the docs) are passed through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.audit.journal import AuditJournal, AuditUnavailable
+from gateway.audit.records import Actor, AuditRecord
+from gateway.errors import error_response
+from gateway.store.audit import AuditRow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class AuditFacts:
+    """What the request's code learnt that the record needs; filled as the request goes."""
+
+    actor: Actor | None = None
+    patient_id: str | None = None
+    studies: list[str] = field(default_factory=list)
+    refusal: str | None = None  # the error code the caller was refused with
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One finished request, as the classifier sees it."""
+
+    method: str
+    route: str  # the route template (`/exams/studies/{study}/series`)
+    path_params: dict[str, str]
+    query: list[tuple[str, str]]
+    status: int
+    request_id: str
+    when: datetime
+    facts: AuditFacts
+
+
+Classifier = Callable[[Exchange], AuditRecord | None]
+RouteOf = Callable[[Scope], str]
+
+_current: ContextVar[AuditFacts | None] = ContextVar("gateway_audit_facts", default=None)
+
+
+def current_facts() -> AuditFacts | None:
+    return _current.get()
+
+
+def note_actor(actor: Actor) -> None:
+    facts = _current.get()
+    if facts is not None:
+        facts.actor = actor
+
+
+def note_patient(patient_id: str) -> None:
+    facts = _current.get()
+    if facts is not None:
+        facts.patient_id = patient_id
+
+
+def note_refusal(code: str) -> None:
+    facts = _current.get()
+    if facts is not None:
+        facts.refusal = code
+
+
+def row_of(record: AuditRecord) -> AuditRow:
+    """The stored form of a record: the columns the auditor's search filters on, and the record as JSON."""
+    return AuditRow(recorded_at=record.when.timestamp(), request_id=record.request_id,
+                    event=record.kind.name.lower(), outcome=int(record.outcome), patient_id=record.patient_id,
+                    study_uid=record.studies[0].study_uid if record.studies else None,
+                    subject=record.actor.subject or None, record=record.to_json())
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, *, journal: AuditJournal, classify: Classifier, route_of: RouteOf,
+                 request_id_of: Callable[[], str]) -> None:
+        self.app = app
+        self._journal = journal
+        self._classify = classify
+        self._route_of = route_of
+        self._request_id_of = request_id_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        facts = AuditFacts()
+        token = _current.set(facts)
+        arrived = dict(scope)  # routing changes the scope (a Mount moves root_path): route from the scope as it came
+        replaced = False
+
+        async def send_after_record(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the original answer's body, after a 503 was sent instead
+            if message["type"] == "http.response.start":
+                try:
+                    await self._record(arrived, scope, message["status"], facts)
+                except AuditUnavailable as exc:
+                    if message["status"] < 400:
+                        replaced = True
+                        await _send_unavailable(scope, receive, send, exc)
+                        return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_after_record)
+        finally:
+            _current.reset(token)
+
+    async def _record(self, arrived: Scope, routed: Scope, status: int, facts: AuditFacts) -> None:
+        exchange = Exchange(
+            method=str(arrived["method"]), route=self._route_of(arrived),
+            path_params={k: str(v) for k, v in routed.get("path_params", {}).items()},
+            query=_query(arrived), status=status, request_id=self._request_id_of(), when=datetime.now(UTC),
+            facts=facts,
+        )
+        record = self._classify(exchange)
+        if record is not None:
+            await self._journal.write(row_of(record))
+
+
+def _query(scope: Scope) -> list[tuple[str, str]]:
+    return parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
+async def _send_unavailable(scope: Scope, receive: Receive, send: Send, exc: AuditUnavailable) -> None:
+    answer = error_response(exc.status_code, exc.code, exc.message, exc.details, {"Cache-Control": "no-store"})
+    await answer(scope, receive, send)
