@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     def subscribers(self) -> list[str]:
         return [url.strip() for url in self.callback_urls.split(",") if url.strip()]
 
+    # --- the audit trail (issue 13, in progress: off by default until every audited route records) -------------
+    audit_trail: Literal["off", "on"] = "off"
+    audit_source_id: str = Field(default="dicom-gateway", min_length=1, max_length=64)  # PS3.15 AuditSourceID
+    audit_syslog_url: str | None = None  # tcp://host:port or tls://host[:port]: the audit record repository
+    audit_syslog_ca_file: Path | None = None
+    audit_syslog_cert_file: Path | None = None
+    audit_syslog_key_file: Path | None = None
+    audit_retention_days: float | None = Field(default=None, gt=0)
+
     # --- viewer tokens and /dicomweb ------------------------------------------------------------------------------
     viewer_token_secret: SecretStr | None = None  # HS256, at least 32 bytes
     viewer_token_key: str | None = None  # a PEM private key (or a path to one): RS256, ES256 or Ed25519
@@ -196,6 +205,7 @@ class Settings(BaseSettings):
         self._check_upstream_auth()
         self._check_inbound_auth()
         self._check_callbacks()
+        self._check_audit()
         self._check_viewer()
         self._check_edge()
         return self
@@ -211,6 +221,14 @@ class Settings(BaseSettings):
             raise ValueError("VIEWER_TOKEN_SECRET must be at least 32 bytes")
         if secret is not None and self.viewer_token_key:
             raise ValueError("set VIEWER_TOKEN_SECRET or VIEWER_TOKEN_KEY, not both")
+
+    def _check_audit(self) -> None:
+        url = self.audit_syslog_url
+        if url is not None and not re.fullmatch(r"tcp://[^\s/:]+:[0-9]{1,5}/?|tls://[^\s/:]+(:[0-9]{1,5})?/?", url):
+            raise ValueError("AUDIT_SYSLOG_URL must be tcp://host:port or tls://host[:port]")
+        files = (self.audit_syslog_ca_file, self.audit_syslog_cert_file, self.audit_syslog_key_file)
+        if any(files) and not (url or "").startswith("tls://"):
+            raise ValueError("AUDIT_SYSLOG_CA_FILE, _CERT_FILE and _KEY_FILE are for a tls:// AUDIT_SYSLOG_URL")
 
     def _check_callbacks(self) -> None:
         if self.callback_lease_s <= self.callback_timeout_s:

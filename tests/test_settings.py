@@ -25,6 +25,10 @@ BASE = {"pacs_service_url": "http://127.0.0.1:8042/dicom-web", "auth_mode": "non
         ({"callback_poll_s": "0"}, "CALLBACK_POLL_S:"),  # every duration is above zero (settings.Seconds)
         ({"pacs_max_connections": "0"}, "PACS_MAX_CONNECTIONS:"),  # every count is at least one (settings.Count)
         ({"callback_max_attempts": "0"}, "CALLBACK_MAX_ATTEMPTS:"),
+        ({"audit_syslog_url": "udp://repo:514"}, "AUDIT_SYSLOG_URL must be tcp://host:port or tls://host[:port]"),
+        ({"audit_syslog_url": "tcp://repo"}, "AUDIT_SYSLOG_URL must be"),  # plain TCP syslog has no assigned port
+        ({"audit_syslog_url": "tcp://repo:601", "audit_syslog_ca_file": "/etc/ca.pem"}, "for a tls://"),
+        ({"audit_retention_days": "0"}, "AUDIT_RETENTION_DAYS:"),
         ({"dicom_uid_root": "1.2.03"}, "DICOM_UID_ROOT:"),
         ({"pacs_requester_aet": "A" * 17}, "PACS_REQUESTER_AET:"),
         ({"pacs_requester_aet": "   "}, "PACS_REQUESTER_AET:"),
