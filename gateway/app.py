@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
 from gateway import components
+from gateway.audit import routes as audit
 from gateway.callbacks import routes as callbacks
 from gateway.dicom.part10 import configure_pydicom
 from gateway.edge.middleware import RequestContextMiddleware
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> Starlette:
         *workitems.routes(parts.worklist, auth),
         *callbacks.routes(parts.callbacks, auth),
         *viewer.routes(parts.viewer, parts.issuer, auth),
+        *audit.routes(parts.audit_events, auth),
         *docs.routes(),
         *docs_page.routes(),
     ]

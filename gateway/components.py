@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit.routes import AuditEvents
 from gateway.auth.callers import Authenticator, JwksSource, JwtAuthenticator, NoAuthentication, TokenRules
 from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.callbacks.new_exams import OrthancChangeFollower
@@ -23,6 +24,7 @@ from gateway.exams.routes import Exams
 from gateway.exams.uploads import ExamUploads
 from gateway.ops.metrics import Metrics
 from gateway.settings import AuthMode, Settings
+from gateway.store.audit import AuditStore
 from gateway.store.db import create_engine
 from gateway.store.events import EventStore
 from gateway.upstream.auth import OAuth2ClientCredentials, StaticAuthorization, UpstreamAuth
@@ -45,6 +47,8 @@ class Components:
     uids: UidGenerator
     engine: AsyncEngine
     store: EventStore
+    audit: AuditStore  # the audit trail, on the events' engine
+    audit_events: AuditEvents
     worker: DeliveryWorker
     follower: OrthancChangeFollower | None  # NEW_EXAM_DETECTION=orthanc-changes
     callbacks: Callbacks
@@ -61,6 +65,7 @@ def build(settings: Settings) -> Components:
     authenticator = _authenticator(settings)
     engine = create_engine(settings.database_url)
     store = EventStore(engine)
+    audit = AuditStore(engine)
     worker = DeliveryWorker(store=store, subscribers=settings.subscribers, policy=_delivery_policy(settings))
     follower = None
     if settings.new_exam_detection == "orthanc-changes":
@@ -88,8 +93,8 @@ def build(settings: Settings) -> Components:
                       max_files=settings.exams_max_files, trusted_proxies=frozenset(settings.trusted_proxy_list))
     return Components(
         profile=upstream.profile, metrics=metrics, upstream=upstream, authenticator=authenticator,
-        uids=uids, engine=engine, store=store, worker=worker, follower=follower,
-        callbacks=callbacks, exams=exams, uploads=uploads, worklist=worklist, viewer=viewer,
+        uids=uids, engine=engine, store=store, audit=audit, audit_events=AuditEvents(audit), worker=worker,
+        follower=follower, callbacks=callbacks, exams=exams, uploads=uploads, worklist=worklist, viewer=viewer,
         issuer=issuer,
     )
 

@@ -7,7 +7,7 @@ Only the algorithms on the allow-list are accepted, never `none`, and never a sy
 (which would let anyone sign with the public key). `exp` is required; `exp`/`nbf`/`iat` are checked with a small
 clock-skew leeway; `iss` and `aud` are checked when configured.
 
-`AUTH_MODE=none` (development only) treats every caller as a clinician with the `pacs` role.
+`AUTH_MODE=none` (development only) treats every caller as a clinician with the `pacs` and `auditor` roles.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Role(StrEnum):
     CLINICIAN = "clinician"  # any patient's data
     PATIENT = "patient"  # only the patient named in the token
     PACS = "pacs"  # may post new-exam callbacks
+    AUDITOR = "auditor"  # may read the audit trail (GET /audit-events), and nothing else
 
 
 _ROLE_NAMES = frozenset(role.value for role in Role)
@@ -86,10 +87,10 @@ def guarded(authenticator: Authenticator, roles: Iterable[Role], handler: Handle
 
 
 class NoAuthentication:
-    """Development mode: no token needed; everyone is a clinician and a PACS."""
+    """Development mode: no token needed; everyone is a clinician, a PACS and an auditor (docs/decisions.md)."""
 
     async def authenticate(self, request: Request) -> Caller:
-        return Caller(subject="anonymous", roles=frozenset({Role.CLINICIAN, Role.PACS}))
+        return Caller(subject="anonymous", roles=frozenset({Role.CLINICIAN, Role.PACS, Role.AUDITOR}))
 
     async def aclose(self) -> None:
         return None

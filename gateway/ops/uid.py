@@ -15,5 +15,5 @@ def routes(generator: UidGenerator, authenticator: Authenticator) -> list[Route]
         # Cache-Control: a UID must never be served twice, not even by a cache in between.
         return JSONResponse({"uid": generator.new()}, headers={"Cache-Control": "no-store"})
 
-    # Any known role may ask: a UID reveals nothing and costs nothing.
-    return [Route("/uid", guarded(authenticator, Role, new_uid), methods=["GET"])]
+    # The roles that create data may ask (a UID reveals nothing and costs nothing); an auditor only reads the trail.
+    return [Route("/uid", guarded(authenticator, [Role.CLINICIAN, Role.PATIENT, Role.PACS], new_uid), methods=["GET"])]

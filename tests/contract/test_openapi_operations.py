@@ -9,15 +9,20 @@ its documented success status at least once. tests/test_openapi.py checks the do
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.audit.records import Action, Actor, AuditRecord, EventKind, Outcome, Peer
+from gateway.store.audit import AuditRow, AuditStore
+from gateway.store.db import create_engine
 from tests.conftest import gateway_env
 from tests.contract.conftest import UID_ROOT
 from tests.ops.test_openapi import documented_response, iter_operations, load_spec, resolve, schema_errors
@@ -28,7 +33,7 @@ from tests.support.processes import GatewayProcess
 from tests.support.servers import serve
 from tests.support.ups_simulator import UpsSimulator
 
-ALL_ROLES = ("clinician", "pacs")
+ALL_ROLES = ("clinician", "pacs", "auditor")  # auditor: GET /audit-events
 VIEWER_SECRET = "contract-viewer-token-secret-0123456789"
 
 
@@ -60,6 +65,21 @@ def _env(work: Path, **settings: str) -> dict[str, str]:
     return gateway_env(auth_mode="jwt", auth_jwt_secret=SECRET, database_url=f"sqlite:///{work / 'gateway.db'}",
                        log_level="warning", dicom_uid_root=UID_ROOT, viewer_token_secret=VIEWER_SECRET,
                        public_base_url="https://gateway.example.org", **settings)
+
+
+async def _add_audit_record(database_url: str, patient: str) -> None:
+    """A record in the trail, so that `GET /audit-events` answers one (recording from the routes is not wired yet)."""
+    record = AuditRecord(kind=EventKind.QUERY, action=Action.EXECUTE, outcome=Outcome.SUCCESS,
+                         when=datetime.now(UTC), request_id="walk", actor=Actor("walker", ("clinician",)),
+                         peer=Peer("dicom-gateway"), patient_id=patient, resource="/exams/studies",
+                         query=(("PatientId", patient),))
+    engine = create_engine(database_url)
+    try:
+        await AuditStore(engine).add_many([AuditRow(
+            recorded_at=record.when.timestamp(), request_id=record.request_id, event="query", outcome=0,
+            patient_id=patient, study_uid=None, subject=record.actor.subject, record=record.to_json())])
+    finally:
+        await engine.dispose()
 
 
 def _auth(*roles: str) -> dict[str, str]:
@@ -94,6 +114,9 @@ def live(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "StudyInstanceUID": workitem_study}
             created = httpx.post(f"{worklist.url}/workitems", json=body, headers=_auth("clinician"))
             assert created.status_code == 200, created.text
+            asyncio.run(_add_audit_record(f"sqlite:///{work / 'exams' / 'gateway.db'}", patient))
+            trail = httpx.get(f"{exams.url}/audit-events", headers=_auth("auditor"))
+            assert len(trail.json()["events"]) == 1, trail.text
             yield Live(exams.url, worklist.url, exam, posted.headers["X-Event-Id"], workitem_study, {
                 "PatientId": patient, "patientId": patient, "patientID": patient, "PatientID": patient,
                 "study": exam.study_uid, "studyUID": exam.study_uid, "StudyInstanceUID": exam.study_uid,
