@@ -80,11 +80,23 @@ def note_refusal(code: str) -> None:
 
 
 def row_of(record: AuditRecord) -> AuditRow:
-    """The stored form of a record: the columns the auditor's search filters on, and the record as JSON."""
-    return AuditRow(recorded_at=record.when.timestamp(), request_id=record.request_id,
-                    event=record.kind.name.lower(), outcome=int(record.outcome), patient_id=record.patient_id,
-                    study_uid=record.studies[0].study_uid if record.studies else None,
-                    subject=record.actor.subject or None, record=record.to_json())
+    """The stored form of a record: the columns the auditor's search filters on, and the record as JSON (exact).
+
+    The columns hold what any database takes: a token's `sub` is whatever the IdP wrote (a NUL, a lone surrogate,
+    a kilobyte), and one bad value would fail the whole group commit, every request of the batch with it. So they are
+    cut to their width and such characters replaced; the record itself keeps every value exactly."""
+    return AuditRow(recorded_at=record.when.timestamp(), request_id=_column(record.request_id, 64) or "",
+                    event=record.kind.name.lower(), outcome=int(record.outcome),
+                    patient_id=_column(record.patient_id, 64),
+                    study_uid=_column(record.studies[0].study_uid if record.studies else None, 64),
+                    subject=_column(record.actor.subject or None, 256), record=record.to_json())
+
+
+def _column(value: str | None, width: int) -> str | None:
+    if value is None:
+        return None
+    clean = "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    return clean[:width]
 
 
 class AuditMiddleware:

@@ -6,7 +6,7 @@ routes is the next step of issue 13.)"""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.audit.journal import AuditJournal
-from gateway.audit.recorder import AuditMiddleware, Exchange, note_actor, note_patient, note_refusal
+from gateway.audit.recorder import AuditFacts, AuditMiddleware, Exchange, note_actor, note_patient, note_refusal
 from gateway.audit.records import Action, Actor, AlertType, AuditRecord, EventKind, Outcome, Peer
 from gateway.errors import EXCEPTION_HANDLERS, Forbidden
 from gateway.store.audit import AuditStore
@@ -152,3 +152,18 @@ async def test_without_a_store_a_success_is_503_and_a_refusal_is_still_sent(
     finally:
         await broken.dispose()
     assert await store.search(patient_id=None, since=None, until=None, limit=10) == []
+
+
+def test_the_columns_hold_what_any_database_takes_and_the_record_stays_exact() -> None:
+    from gateway.audit.recorder import row_of
+
+    subject = "a\x00b\ud800" + "x" * 1000  # a token's sub: whatever the IdP wrote
+    record = classify(Exchange(method="GET", route="/stream", path_params={}, query=[], status=200,
+                               request_id="req-1", when=datetime.now(UTC),
+                               facts=AuditFacts(actor=Actor(subject=subject), patient_id="PAT-1")))
+    assert record is not None
+    row = row_of(record)
+    assert row.subject is not None
+    assert row.subject.startswith("a\ufffdb\ufffd")
+    assert len(row.subject) == 256
+    assert AuditRecord.from_json(row.record).actor.subject == subject
