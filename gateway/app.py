@@ -6,6 +6,8 @@ and what every request passes through), `lifespan` (what opens and closes around
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -13,9 +15,11 @@ from starlette.routing import BaseRoute
 
 from gateway import components
 from gateway.audit import routes as audit
+from gateway.audit.recorder import AuditMiddleware
 from gateway.callbacks import routes as callbacks
 from gateway.dicom.part10 import configure_pydicom
-from gateway.edge.middleware import RequestContextMiddleware
+from gateway.edge.context import current_request
+from gateway.edge.middleware import RequestContextMiddleware, route_template
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.exams import routes as exams
 from gateway.lifespan import lifespan
@@ -47,6 +51,11 @@ def create_app(settings: Settings) -> Starlette:
     # Middleware, outermost first. Starlette adds ServerErrorMiddleware outside these and ExceptionMiddleware
     # inside, so the request middleware sees every answer, including the JSON errors, and times all of it.
     middleware = [Middleware(RequestContextMiddleware, routes=routes, metrics=parts.metrics)]
+    if parts.trail is not None:  # inside the request context (its request id), outside everything that answers
+        middleware.append(Middleware(
+            AuditMiddleware, journal=parts.trail.journal, classify=parts.trail.classifier,
+            route_of=partial(route_template, routes), request_id_of=_request_id,
+        ))
     if settings.cors_origins:  # browser viewers on other origins (OHIF): preflights answered, tokens allowed
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
@@ -58,3 +67,8 @@ def create_app(settings: Settings) -> Starlette:
     app.state.upstream = parts.upstream  # for tests that drive the real client through the real app
     app.state.events = parts.store
     return app
+
+
+def _request_id() -> str:
+    context = current_request()
+    return context.request_id if context is not None else ""

@@ -7,12 +7,20 @@ into routes and middleware; `lifespan` opens it before the first request and clo
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit.classify import Classifier
+from gateway.audit.journal import AuditJournal
+from gateway.audit.records import Peer
+from gateway.audit.retention import AuditRetention
 from gateway.audit.routes import AuditEvents
+from gateway.audit.shipper import AuditShipper, ShipPolicy, SyslogRendering
+from gateway.audit.syslog import SyslogSender
+from gateway.audit.trail import AuditTrail
 from gateway.auth.callers import Authenticator, JwksSource, JwtAuthenticator, NoAuthentication, TokenRules
 from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.callbacks.new_exams import OrthancChangeFollower
@@ -49,6 +57,7 @@ class Components:
     store: EventStore
     audit: AuditStore  # the audit trail, on the events' engine
     audit_events: AuditEvents
+    trail: AuditTrail | None  # AUDIT_TRAIL=on: every audited request recorded before it is answered
     worker: DeliveryWorker
     follower: OrthancChangeFollower | None  # NEW_EXAM_DETECTION=orthanc-changes
     callbacks: Callbacks
@@ -93,7 +102,8 @@ def build(settings: Settings) -> Components:
                       max_files=settings.exams_max_files, trusted_proxies=frozenset(settings.trusted_proxy_list))
     return Components(
         profile=upstream.profile, metrics=metrics, upstream=upstream, authenticator=authenticator,
-        uids=uids, engine=engine, store=store, audit=audit, audit_events=AuditEvents(audit), worker=worker,
+        uids=uids, engine=engine, store=store, audit=audit, audit_events=AuditEvents(audit),
+        trail=audit_trail(settings, audit) if settings.audit_trail == "on" else None, worker=worker,
         follower=follower, callbacks=callbacks, exams=exams, uploads=uploads, worklist=worklist, viewer=viewer,
         issuer=issuer,
     )
@@ -110,6 +120,27 @@ def upstream_client(settings: Settings, metrics: Metrics) -> UpstreamClient:
     return UpstreamClient(service_url=str(settings.pacs_service_url), native_url=str(native) if native else None,
                           profile=profile_for(settings.pacs_profile), metrics=metrics, limits=limits,
                           auth=upstream_auth(settings))
+
+
+def audit_trail(settings: Settings, store: AuditStore) -> AuditTrail:
+    sender = shipper = retention = None
+    if settings.audit_syslog_url is not None:
+        sender = SyslogSender(url=settings.audit_syslog_url, ca_file=settings.audit_syslog_ca_file,
+                              cert_file=settings.audit_syslog_cert_file, key_file=settings.audit_syslog_key_file)
+        rendering = SyslogRendering(source_id=settings.audit_source_id, hostname=_syslog_hostname())
+        shipper = AuditShipper(store=store, render=rendering, send=sender.send, policy=ShipPolicy(
+            batch=100, lease_s=60.0, poll_s=1.0, retry_base_s=1.0, retry_max_s=300.0))
+    if settings.audit_retention_days is not None:
+        retention = AuditRetention(store=store, days=settings.audit_retention_days)
+    journal = AuditJournal(store=store, on_commit=shipper.wake if shipper is not None else None)
+    return AuditTrail(journal=journal, classifier=Classifier(peer=Peer(user_id=settings.audit_source_id)),
+                      shipper=shipper, sender=sender, retention=retention)
+
+
+def _syslog_hostname() -> str:
+    """This host's name as RFC 5424 HOSTNAME takes it: printable US-ASCII, at most 255, else the nil value."""
+    name = socket.gethostname()
+    return name if name and len(name) <= 255 and all("!" <= ch <= "~" for ch in name) else "-"
 
 
 def edge_limits(settings: Settings) -> EdgeLimits:

@@ -8,6 +8,7 @@ Hierarchy (status code, error code)::
     │   ├── Unauthorized                 401 unauthorized (+ WWW-Authenticate)
     │   ├── Forbidden                    403 forbidden
     │   ├── NotFound                     404 not_found
+    │   │   └── OutOfScope               404 not_found, audited as a scope refusal
     │   ├── MethodNotAllowed             405 method_not_allowed (+ Allow)
     │   ├── NotAcceptable                406 not_acceptable (no representation satisfies Accept)
     │   ├── Conflict                     409 conflict
@@ -36,9 +37,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
+from gateway.audit.facts import note_refusal
+
 log = structlog.get_logger(__name__)
 
 Details = dict[str, Any] | list[Any] | None
+# Conflicts (their details' reason) that are refusals for scope: an upload into another patient's UIDs.
+SCOPE_REFUSALS = frozenset({"uid_in_use", "uid_shared_within_upload"})
 
 
 class GatewayError(Exception):
@@ -79,6 +84,11 @@ class Forbidden(ClientError):
 class NotFound(ClientError):
     status_code = 404
     code = "not_found"
+
+
+class OutOfScope(NotFound):
+    """A UID the caller may not reach (another patient's, outside a viewer token's study): answered exactly as a
+    `NotFound`, so that nobody learns another patient's UIDs exist, and audited as the refusal it is."""
 
 
 class MethodNotAllowed(ClientError):
@@ -154,6 +164,11 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, UpstreamError):
         # Upstream faults are the operator's business: log them (no PHI: the message and details are ours).
         log.warning("upstream_failure", code=exc.code, message=exc.message, details=exc.details)
+    reason = exc.details.get("reason") if isinstance(exc.details, dict) else None
+    if isinstance(exc, OutOfScope):
+        note_refusal("out_of_scope")
+    elif reason in SCOPE_REFUSALS:
+        note_refusal(str(reason))
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 

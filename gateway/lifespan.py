@@ -30,6 +30,8 @@ def lifespan(parts: Components, *, auth_mode: AuthMode) -> Lifespan:
             log.warning("auth_disabled", message="AUTH_MODE=none: every caller is a clinician; development only")
         log.info("gateway_started", upstream=parts.profile.name.value, auth_mode=auth_mode.value)
         await migrate(parts.engine)
+        if parts.trail is not None:
+            await parts.trail.start()
         async with parts.upstream:
             await parts.worker.start()
             if parts.follower is not None:
@@ -40,6 +42,8 @@ def lifespan(parts: Components, *, auth_mode: AuthMode) -> Lifespan:
                 if parts.follower is not None:
                     await parts.follower.stop()
                 await parts.worker.stop()
+                if parts.trail is not None:
+                    await parts.trail.stop()
                 await parts.engine.dispose()
                 await parts.authenticator.aclose()
                 log.info("gateway_stopped")

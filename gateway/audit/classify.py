@@ -91,6 +91,7 @@ EVENTS: dict[tuple[str, str], Rule] = {
     ("POST", "/dicomweb/studies"): UPLOAD,
     ("POST", "/dicomweb/studies/{study}"): UPLOAD,
 }
+_PATIENT_SPELLINGS = ("PatientId", "PatientID", "patientID", "patientId", "00100020")
 # Paths no resource route took (a 404, a bad UID) still reach the gateway's data paths: recorded, as queries.
 FALLBACKS = ("/dicomweb/",)
 
@@ -138,6 +139,11 @@ class Classifier:
         rule = EVENTS.get((exchange.method if exchange.method != "HEAD" else "GET", exchange.route))
         if rule is None and not exchange.route.startswith(FALLBACKS):
             return None
+        # The patient the request names comes first: "who tried to see patient X" is asked of the patient named,
+        # also when the caller is another patient (whose own id the authenticator noted).
+        named = [value for name, value in exchange.query if name in _PATIENT_SPELLINGS]
+        if named:
+            exchange.facts.patient_id = named[0]
         context = _Context(exchange, exchange.facts.actor or Actor(subject=""), self._peer)
         if exchange.status == 401:
             return context.record(ALERT, alert=AlertType.NODE_AUTHENTICATION,

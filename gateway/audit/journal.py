@@ -13,6 +13,7 @@ while it is closing still get their commit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
@@ -27,8 +28,9 @@ class AuditUnavailable(ServiceUnavailable):
 
 
 class AuditJournal:
-    def __init__(self, *, store: AuditStore, max_batch: int = 500) -> None:
+    def __init__(self, *, store: AuditStore, max_batch: int = 500, on_commit: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._on_commit = on_commit  # told after each commit (the shipper: records to send)
         self._max_batch = max_batch
         self._queue: list[tuple[AuditRow, asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
@@ -77,6 +79,8 @@ class AuditJournal:
                                                     {"reason": type(exc).__name__}))
             return
         self.commits += 1
+        if self._on_commit is not None:
+            self._on_commit()
         for (_, done), record_id in zip(batch, ids, strict=True):
             done.set_result(record_id)  # shielded in write(): never cancelled, even when its request was
 

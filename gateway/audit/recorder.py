@@ -11,30 +11,20 @@ Routes the classifier returns no record for (health, metrics, the docs) are pass
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.audit.facts import AuditFacts, enter_facts, leave_facts
 from gateway.audit.journal import AuditJournal, AuditUnavailable
-from gateway.audit.records import Actor, AuditRecord
+from gateway.audit.records import AuditRecord
 from gateway.errors import error_response
 from gateway.store.audit import AuditRow
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class AuditFacts:
-    """What the request's code learnt that the record needs; filled as the request goes."""
-
-    actor: Actor | None = None
-    patient_id: str | None = None
-    studies: list[str] = field(default_factory=list)
-    refusal: str | None = None  # the error code the caller was refused with
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,31 +43,6 @@ class Exchange:
 
 Classifier = Callable[[Exchange], AuditRecord | None]
 RouteOf = Callable[[Scope], str]
-
-_current: ContextVar[AuditFacts | None] = ContextVar("gateway_audit_facts", default=None)
-
-
-def current_facts() -> AuditFacts | None:
-    return _current.get()
-
-
-def note_actor(actor: Actor) -> None:
-    facts = _current.get()
-    if facts is not None:
-        facts.actor = actor
-
-
-def note_patient(patient_id: str) -> None:
-    facts = _current.get()
-    if facts is not None:
-        facts.patient_id = patient_id
-
-
-def note_refusal(code: str) -> None:
-    facts = _current.get()
-    if facts is not None:
-        facts.refusal = code
-
 
 def row_of(record: AuditRecord) -> AuditRow:
     """The stored form of a record: the columns the auditor's search filters on, and the record as JSON (exact).
@@ -113,7 +78,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         facts = AuditFacts()
-        token = _current.set(facts)
+        token = enter_facts(facts)
         arrived = dict(scope)  # routing changes the scope (a Mount moves root_path): route from the scope as it came
         replaced = False
 
@@ -134,7 +99,7 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_after_record)
         finally:
-            _current.reset(token)
+            leave_facts(token)
 
     async def _record(self, arrived: Scope, routed: Scope, status: int, facts: AuditFacts) -> None:
         exchange = Exchange(

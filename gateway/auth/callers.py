@@ -34,6 +34,8 @@ from joserfc.jwk import KeySet, OctKey
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.audit.facts import note_actor, note_patient
+from gateway.audit.records import Actor
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
 
 log = structlog.get_logger(__name__)
@@ -76,6 +78,7 @@ def guarded(authenticator: Authenticator, roles: Iterable[Role], handler: Handle
 
     async def endpoint(request: Request) -> Response:
         caller = await authenticator.authenticate(request)
+        note_caller(caller, request)
         if not caller.has_any(allowed):
             raise Forbidden(
                 "the token does not grant access to this resource",
@@ -84,6 +87,14 @@ def guarded(authenticator: Authenticator, roles: Iterable[Role], handler: Handle
         return await handler(request, caller)
 
     return endpoint
+
+
+def note_caller(caller: Caller, request: Request) -> None:
+    """The caller, for the request's audit record (a no-op when the request is not audited)."""
+    note_actor(Actor(subject=caller.subject, roles=tuple(sorted(caller.roles)),
+                     address=request.client.host if request.client else None))
+    if caller.patient_id is not None:
+        note_patient(caller.patient_id)
 
 
 class NoAuthentication:

@@ -49,7 +49,7 @@ from gateway.edge.params import (
     single,
     validate_path_uid,
 )
-from gateway.errors import BadRequest, Forbidden, NotFound, UpstreamFailed
+from gateway.errors import BadRequest, Forbidden, NotFound, OutOfScope, UpstreamFailed
 from gateway.exams.links import ExamLinks
 from gateway.exams.uploads import ExamUploads
 from gateway.upstream.client import UpstreamClient, UpstreamStream
@@ -87,7 +87,7 @@ class Exams:
         query = self._scoped_search(request, caller, Level.SERIES)
         found = await self._search(f"studies/{study}/series", query)
         if not found and not await self.owns(query.patient_id, study):
-            raise NotFound("no such study for this patient", {"study": study})
+            raise OutOfScope("no such study for this patient", {"study": study})
         for ds in found:
             self._link(ds, self._links.series(study, ds.string(SERIES_UID) or "", query.patient_id))
         return _json(found)
@@ -98,7 +98,7 @@ class Exams:
         query = self._scoped_search(request, caller, Level.INSTANCE)
         found = await self._search(f"studies/{study}/series/{series}/instances", query)
         if not found and not await self.owns(query.patient_id, study, series):
-            raise NotFound("no such series for this patient", {"study": study, "series": series})
+            raise OutOfScope("no such series for this patient", {"study": study, "series": series})
         for ds in found:
             self._link(ds, self._links.instance(study, series, ds.string(SOP_INSTANCE_UID) or "", query.patient_id))
         return _json(found)
@@ -173,7 +173,7 @@ class Exams:
             # A rendered image carries no PatientID to check, so the UID must be this patient's alone: a copy of
             # another patient's under the same UIDs could be the one the PACS renders.
             if not await self.ownership.holds_only(patient_id, Resource(study, series, sop)):
-                raise NotFound("no such instance for this patient", {"instance": sop})
+                raise OutOfScope("no such instance for this patient", {"instance": sop})
             return await self._thumbnail(path, size, instance)
         # For the file, the series is checked (a cheap query: an instance-level one makes Orthanc read the whole
         # file, ~50 ms for 80 MiB) and the instance's membership and patient come from the WADO-RS answer itself:
@@ -183,7 +183,7 @@ class Exams:
         else:
             owned = await self.owns(patient_id, study, series)
         if not owned:
-            raise NotFound("no such instance for this patient", {"instance": sop})
+            raise OutOfScope("no such instance for this patient", {"instance": sop})
         return await self._file(path, sop, patient_id)
 
     async def _locate_instance(self, study: str, series: str, sop: str, patient_id: str) -> DicomJson:
@@ -194,7 +194,7 @@ class Exams:
         located = [ds for ds in found if ds.string(SOP_INSTANCE_UID) == sop
                    and ds.string(STUDY_UID) in (None, study) and ds.string(SERIES_UID) in (None, series)]
         if len(located) != 1:
-            raise NotFound("no such instance for this patient", {"instance": sop})
+            raise OutOfScope("no such instance for this patient", {"instance": sop})
         return located[0]
 
     async def _locate_any_instance(self, study: str, series: str, sop: str) -> DicomJson:
@@ -296,7 +296,7 @@ async def _read_until_patient_known(body: AsyncIterator[bytes], patient_id: str,
             raise UpstreamFailed("the PACS returned a file whose header cannot be read", {"reason": str(exc)}) from None
     if probe.patient_id != patient_id:
         log.warning("wado_patient_mismatch", message="a UID resolved to a file of another patient; refused")
-        raise NotFound("no such instance for this patient", {"instance": sop})
+        raise OutOfScope("no such instance for this patient", {"instance": sop})
     return prefix
 
 

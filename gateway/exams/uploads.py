@@ -19,6 +19,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.audit.facts import note_patient, note_study
 from gateway.auth.callers import Caller, Role
 from gateway.auth.scope import require_patient_access
 from gateway.dicom.dicomjson import DicomJson
@@ -69,6 +70,8 @@ class ExamUploads:
         try:
             uploads = await self._parse(parts, caller, series)
             for item in uploads:
+                note_patient(item.header.patient_id)  # whose files these are, for the audit record
+                note_study(item.header.study_uid)
                 require_patient_access(caller, item.header.patient_id)
                 if study is not None and item.header.study_uid != study:
                     raise Forbidden(f"{item.filename} belongs to another study than the one this token opens",

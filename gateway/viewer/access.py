@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from gateway.auth.callers import Authenticator, Caller, Role, bearer_credentials
+from gateway.audit.facts import note_actor, note_patient
+from gateway.audit.records import Actor
+from gateway.auth.callers import Authenticator, Caller, Role, bearer_credentials, note_caller
 from gateway.dicom.dicomjson import DicomJson
 from gateway.dicom.tags import PATIENT_ID, STUDY_UID
-from gateway.errors import Forbidden, NotFound, Unauthorized
+from gateway.errors import Forbidden, OutOfScope, Unauthorized
 from gateway.exams.routes import Exams
 from gateway.upstream.ownership import Resource
 from gateway.viewer.tokens import ViewerGrant, ViewerRole, ViewerTokens
@@ -51,12 +53,16 @@ class Gatekeeper:
         raw = bearer if bearer is not None else (query[0] if query else None)
         if raw is not None and self._tokens.is_viewer_token(raw):
             grant: ViewerGrant = self._tokens.verify(raw)
+            note_actor(Actor(subject=grant.user, roles=(f"viewer-{grant.role.value}",),
+                             address=request.client.host if request.client else None))
+            note_patient(grant.patient)
             return Access(study=grant.study, patient=grant.patient, can_store=grant.role is ViewerRole.DIAGNOSTIC)
         if raw is not None and header is None:  # the gateway's own JWT, sent as a query parameter
             scope = {**request.scope, "headers": [*request.scope["headers"],
                                                   (b"authorization", f"Bearer {raw}".encode())]}
             request = Request(scope, request.receive)
         caller: Caller = await self._authenticator.authenticate(request)
+        note_caller(caller, request)
         if Role.CLINICIAN in caller.roles:
             return Access(can_store=True)
         if Role.PATIENT in caller.roles and caller.patient_id is not None:
@@ -66,12 +72,12 @@ class Gatekeeper:
     async def check_study(self, access: Access, study: str, series: str | None) -> None:
         """404 for a study (or series) outside the caller's reach, the same answer as for one that does not exist."""
         if access.study is not None and study != access.study:
-            raise NotFound("no such study", {"study": study})
+            raise OutOfScope("no such study", {"study": study})
         if access.patient is not None and not await self._exams.ownership.holds(access.patient,
                                                                                  Resource(study, series)):
-            raise NotFound("no such study", {"study": study})
+            raise OutOfScope("no such study", {"study": study})
 
     async def check_alone(self, access: Access, resource: Resource) -> None:
         """For answers that carry no PatientID to check: the resource must be the caller's alone under its UID."""
         if access.patient is not None and not await self._exams.ownership.holds_only(access.patient, resource):
-            raise NotFound("no such resource", {"uid": resource.uid})
+            raise OutOfScope("no such resource", {"uid": resource.uid})

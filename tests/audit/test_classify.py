@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.audit.classify import EVENTS, Classifier
-from gateway.audit.recorder import AuditFacts, Exchange
+from gateway.audit.facts import AuditFacts
+from gateway.audit.recorder import Exchange
 from gateway.audit.records import Action, Actor, AlertType, DataFlow, EventKind, Outcome, Peer
 
 INSTANCE = "/exams/studies/{study}/series/{series}/instance/{instance}"

@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.audit.facts import AuditFacts, note_actor, note_patient, note_refusal
 from gateway.audit.journal import AuditJournal
-from gateway.audit.recorder import AuditFacts, AuditMiddleware, Exchange, note_actor, note_patient, note_refusal
+from gateway.audit.recorder import AuditMiddleware, Exchange
 from gateway.audit.records import Action, Actor, AlertType, AuditRecord, EventKind, Outcome, Peer
 from gateway.errors import EXCEPTION_HANDLERS, Forbidden
 from gateway.store.audit import AuditStore

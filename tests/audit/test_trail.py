@@ -1,0 +1,124 @@
+"""AUDIT_TRAIL=on through the real gateway in front of Orthanc, on SQLite and PostgreSQL, shipping to a real
+rsyslogd: each kind of /exams access and each kind of refusal leaves the record it should, in the store (read
+back by an auditor through GET /audit-events) and at the syslog server (parsed back from what rsyslog wrote)."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.audit.syslog import BOM
+from tests.support.dicom_factory import generated
+from tests.support.exams_support import Exams, clinician, gateway, new_patient_id, patient, token
+from tests.support.orthanc import Orthanc
+from tests.support.rsyslog import Rsyslog
+
+AUDITOR = {"Authorization": f"Bearer {token('auditor')}"}
+
+
+@pytest.fixture
+async def audited(orthanc: Orthanc, rsyslog: Rsyslog, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway(orthanc.dicomweb_url, audit_trail="on", audit_syslog_url=rsyslog.url,
+                       database_url=database_url, audit_source_id="gw-under-test") as client:
+        yield client
+
+
+async def trail(client: httpx.AsyncClient, patient_id: str) -> list[dict[str, Any]]:
+    answer = await client.get("/audit-events", params={"PatientId": patient_id}, headers=AUDITOR)
+    assert answer.status_code == 200, answer.text
+    return [event["record"] for event in answer.json()["events"]]
+
+
+def shipped(rsyslog: Rsyslog, patient_id: str) -> list[ET.Element]:
+    """The audit messages rsyslog wrote that name `patient_id` as their patient participant object."""
+    found = []
+    for message in rsyslog.received():
+        root = ET.fromstring(message.raw[message.raw.index(BOM) + len(BOM):])  # noqa: S314 - our own XML
+        ids = {o.get("ParticipantObjectID") for o in root.iter("ParticipantObjectIdentification")
+               if (code := o.find("ParticipantObjectIDTypeCode")) is not None and code.get("csd-code") == "2"}
+        if patient_id in ids:
+            found.append(root)
+    return found
+
+
+def event_id(message: ET.Element) -> str:
+    code = message.find("EventIdentification/EventID")
+    assert code is not None
+    return str(code.get("originalText"))
+
+
+async def until_shipped(rsyslog: Rsyslog, patient_id: str, count: int) -> list[ET.Element]:
+    for _ in range(200):
+        found = shipped(rsyslog, patient_id)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(shipped(rsyslog, patient_id))} of {count} messages for {patient_id} shipped")
+
+
+async def test_a_patients_accesses_are_recorded_before_each_answer_and_shipped(
+        audited: httpx.AsyncClient, rsyslog: Rsyslog) -> None:
+    owner = new_patient_id()
+    instance = generated(owner)
+    exams = Exams(audited)
+    assert (await exams.upload(instance)).status_code == 200
+    mine = patient(owner)
+    assert (await exams.studies(owner, headers=mine)).status_code == 200
+    assert (await exams.file(instance, headers=mine)).status_code == 200
+    assert (await exams.file(instance, headers=mine, file_type="image/jpeg")).status_code == 200
+    records = await trail(audited, owner)  # read at once: each answer left after its record was committed
+    kinds = [(r["kind"], r["action"], r["actor"]["roles"]) for r in records]
+    assert kinds == [
+        ("INSTANCES_TRANSFERRED", "C", ["clinician"]),  # the upload, the clinician its actor
+        ("QUERY", "E", ["patient"]),
+        ("INSTANCES_TRANSFERRED", "R", ["patient"]),
+        ("INSTANCES_ACCESSED", "R", ["patient"]),  # the thumbnail
+    ]
+    assert all(r["outcome"] == 0 and r["patient_id"] == owner for r in records)
+    assert records[2]["studies"][0]["study_uid"] == instance.study_uid
+    # Five at the repository: the four, and the auditor's own reading of the trail (a query naming the patient).
+    messages = await until_shipped(rsyslog, owner, 5)
+    assert sorted(event_id(m) for m in messages) == sorted(
+        ["DICOM Instances Transferred", "Query", "DICOM Instances Transferred", "DICOM Instances Accessed", "Query"])
+    assert (await trail(audited, owner))[-1]["actor"]["roles"] == ["auditor"]
+    source = messages[0].find("AuditSourceIdentification")
+    assert source is not None
+    assert source.get("AuditSourceID") == "gw-under-test"
+
+
+async def test_refusals_are_security_alerts(audited: httpx.AsyncClient, rsyslog: Rsyslog) -> None:
+    victim, intruder = new_patient_id("VICTIM"), new_patient_id("INTRUDER")
+    instance = generated(victim)
+    exams = Exams(audited)
+    assert (await exams.upload(instance)).status_code == 200
+    # Another patient's file, by its UIDs: answered 404, recorded as the refusal it is.
+    assert (await exams.file(instance, patient_id=intruder, headers=patient(intruder))).status_code == 404
+    # A patient naming another patient: 403.
+    assert (await exams.studies(victim, headers=patient(intruder))).status_code == 403
+    # A bad token: 401.
+    bad = {"Authorization": "Bearer not.a.token"}
+    assert (await exams.studies(victim, headers=bad)).status_code == 401
+    alerts = [r for r in await trail(audited, intruder) if r["kind"] == "SECURITY_ALERT"]
+    assert [(r["alert"], r["outcome"]) for r in alerts] == [("USE_OF_RESTRICTED_FUNCTION", 4)]
+    assert alerts[0]["outcome_description"] == "out_of_scope"
+    named = [r for r in await trail(audited, victim) if r["kind"] == "SECURITY_ALERT"]
+    assert [(r["alert"], r["actor"]["subject"]) for r in named] == [
+        ("USE_OF_RESTRICTED_FUNCTION", "tester"),  # the intruder's token named the victim: 403
+        ("NODE_AUTHENTICATION", ""),  # no verified caller
+    ]
+    messages = await until_shipped(rsyslog, intruder, 1)
+    assert event_id(messages[0]) == "Security Alert"
+
+
+async def test_an_unaudited_route_leaves_no_record(audited: httpx.AsyncClient) -> None:
+    assert (await audited.get("/uid", headers=clinician())).status_code == 200
+    assert (await audited.get("/-/healthz")).status_code == 200
+    answer = await audited.get("/audit-events", headers=AUDITOR)
+    assert answer.json()["events"] == []  # the listing itself is recorded once it is answered
+    again = await audited.get("/audit-events", headers=AUDITOR)
+    assert [e["record"]["resource"] for e in again.json()["events"]] == ["/audit-events"]
