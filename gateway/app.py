@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware.append(Middleware(
             AuditMiddleware, journal=parts.trail.journal, classify=parts.trail.classifier,
             route_of=partial(route_template, routes), request_id_of=_request_id,
+            trusted_proxies=frozenset(settings.trusted_proxy_list),
         ))
     if settings.cors_origins:  # browser viewers on other origins (OHIF): preflights answered, tokens allowed
         middleware.append(Middleware(

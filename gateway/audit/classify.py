@@ -12,7 +12,7 @@ Routes outside the table (health, metrics, `/uid`, the API description) are not 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.audit.recorder import Exchange
 from gateway.audit.records import (
@@ -144,7 +144,10 @@ class Classifier:
         named = [value for name, value in exchange.query if name in _PATIENT_SPELLINGS]
         if named:
             exchange.facts.patient_id = named[0]
-        context = _Context(exchange, exchange.facts.actor or Actor(subject=""), self._peer)
+        actor = exchange.facts.actor or Actor(subject="")
+        if exchange.client is not None:
+            actor = replace(actor, address=exchange.client)
+        context = _Context(exchange, actor, self._peer)
         if exchange.status == 401:
             return context.record(ALERT, alert=AlertType.NODE_AUTHENTICATION,
                                   description=exchange.facts.refusal or "the token was refused")

@@ -39,6 +39,7 @@ class Exchange:
     request_id: str
     when: datetime
     facts: AuditFacts
+    client: str | None = None  # the client's address, as seen through TRUSTED_PROXIES
 
 
 Classifier = Callable[[Exchange], AuditRecord | None]
@@ -66,8 +67,9 @@ def _column(value: str | None, width: int) -> str | None:
 
 class AuditMiddleware:
     def __init__(self, app: ASGIApp, *, journal: AuditJournal, classify: Classifier, route_of: RouteOf,
-                 request_id_of: Callable[[], str]) -> None:
+                 request_id_of: Callable[[], str], trusted_proxies: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self._trusted = trusted_proxies
         self._journal = journal
         self._classify = classify
         self._route_of = route_of
@@ -106,11 +108,34 @@ class AuditMiddleware:
             method=str(arrived["method"]), route=self._route_of(arrived),
             path_params={k: str(v) for k, v in routed.get("path_params", {}).items()},
             query=_query(arrived), status=status, request_id=self._request_id_of(), when=datetime.now(UTC),
-            facts=facts,
+            facts=facts, client=client_address(arrived, self._trusted),
         )
         record = self._classify(exchange)
         if record is not None:
             await self._journal.write(row_of(record))
+
+
+def client_address(scope: Scope, trusted: frozenset[str]) -> str | None:
+    """The peer's address; behind a trusted proxy, the client it names (`Forwarded: for=`, else the first
+    `X-Forwarded-For`), as `/dicomweb` believes the proxy's host and scheme (docs/configuration.md, TRUSTED_PROXIES)."""
+    peer = scope.get("client")
+    address: str | None = str(peer[0]) if peer else None
+    if address is None or address not in trusted:
+        return address
+    headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+    named: str | None = None
+    if "forwarded" in headers:
+        first = headers["forwarded"].split(",")[0]
+        pairs = dict(part.strip().split("=", 1) for part in first.split(";") if "=" in part)
+        named = {k.lower(): v for k, v in pairs.items()}.get("for")
+    elif "x-forwarded-for" in headers:
+        named = headers["x-forwarded-for"].split(",")[0]
+    if not named:
+        return address
+    named = named.strip().strip('"')
+    if named.startswith("["):  # RFC 7239 §6: an IPv6 address in brackets, maybe with a port
+        return named[1:named.find("]")] if "]" in named else address
+    return named.rsplit(":", 1)[0] if named.count(":") == 1 else named
 
 
 def _query(scope: Scope) -> list[tuple[str, str]]:

@@ -57,6 +57,7 @@ class Caller:
     roles: frozenset[Role]
     # Set exactly when the caller has the patient role: the one patient whose data it may touch.
     patient_id: str | None = None
+    issuer: str | None = None  # the token's `iss`, for the audit record
 
     def has_any(self, roles: Iterable[Role]) -> bool:
         return not self.roles.isdisjoint(roles)
@@ -91,7 +92,7 @@ def guarded(authenticator: Authenticator, roles: Iterable[Role], handler: Handle
 
 def note_caller(caller: Caller, request: Request) -> None:
     """The caller, for the request's audit record (a no-op when the request is not audited)."""
-    note_actor(Actor(subject=caller.subject, roles=tuple(sorted(caller.roles)),
+    note_actor(Actor(subject=caller.subject, roles=tuple(sorted(caller.roles)), issuer=caller.issuer,
                      address=request.client.host if request.client else None))
     if caller.patient_id is not None:
         note_patient(caller.patient_id)
@@ -305,9 +306,10 @@ class JwtAuthenticator:
                 roles.discard(Role.PATIENT)
             else:
                 patient_id = _patient_scope(patient, self._patient_claim)
-        sub = claims.get("sub")
+        sub, iss = claims.get("sub"), claims.get("iss")
         return Caller(subject=sub if isinstance(sub, str) else "unknown", roles=frozenset(roles),
-                      patient_id=patient_id)
+                      patient_id=patient_id,
+                      issuer=iss if isinstance(iss, str) else None)
 
 
 def _roles(claims: dict[str, Any], path: list[str]) -> set[Role]:

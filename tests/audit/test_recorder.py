@@ -168,3 +168,19 @@ def test_the_columns_hold_what_any_database_takes_and_the_record_stays_exact() -
     assert row.subject.startswith("a\ufffdb\ufffd")
     assert len(row.subject) == 256
     assert AuditRecord.from_json(row.record).actor.subject == subject
+
+
+@pytest.mark.parametrize(("peer", "headers", "address"), [
+    ("10.0.0.5", [], "10.0.0.5"),
+    ("10.0.0.5", [(b"x-forwarded-for", b"203.0.113.9")], "10.0.0.5"),  # not a trusted proxy: its word is not taken
+    ("10.0.0.1", [(b"x-forwarded-for", b"203.0.113.9, 10.0.0.7")], "203.0.113.9"),
+    ("10.0.0.1", [(b"forwarded", b'for="[2001:db8::1]:4711";proto=https, for=10.0.0.7')], "2001:db8::1"),
+    ("10.0.0.1", [(b"forwarded", b"for=198.51.100.4:8080")], "198.51.100.4"),
+    ("10.0.0.1", [(b"forwarded", b"proto=https")], "10.0.0.1"),  # names no client
+])
+def test_the_client_is_seen_through_trusted_proxies_only(peer: str, headers: list[tuple[bytes, bytes]],
+                                                         address: str) -> None:
+    from gateway.audit.recorder import client_address
+
+    scope = {"type": "http", "client": (peer, 5555), "headers": headers}
+    assert client_address(scope, frozenset({"10.0.0.1"})) == address

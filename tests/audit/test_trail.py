@@ -80,6 +80,7 @@ async def test_a_patients_accesses_are_recorded_before_each_answer_and_shipped(
         ("INSTANCES_ACCESSED", "R", ["patient"]),  # the thumbnail
     ]
     assert all(r["outcome"] == 0 and r["patient_id"] == owner for r in records)
+    assert {r["actor"]["address"] for r in records} == {"127.0.0.1"}  # the in-process client's address
     assert records[2]["studies"][0]["study_uid"] == instance.study_uid
     # Five at the repository: the four, and the auditor's own reading of the trail (a query naming the patient).
     messages = await until_shipped(rsyslog, owner, 5)
