@@ -129,7 +129,7 @@ def audit_trail(settings: Settings, store: AuditStore) -> AuditTrail:
                               cert_file=settings.audit_syslog_cert_file, key_file=settings.audit_syslog_key_file)
         rendering = SyslogRendering(source_id=settings.audit_source_id, hostname=_syslog_hostname())
         shipper = AuditShipper(store=store, render=rendering, send=sender.send, policy=ShipPolicy(
-            batch=100, lease_s=60.0, poll_s=1.0, retry_base_s=1.0, retry_max_s=300.0))
+            batch=100, lease_s=30.0, poll_s=1.0, retry_base_s=1.0, retry_max_s=300.0))  # a lease covers a send (10 s)
     if settings.audit_retention_days is not None:
         retention = AuditRetention(store=store, days=settings.audit_retention_days)
     journal = AuditJournal(store=store, on_commit=shipper.wake if shipper is not None else None)

@@ -163,7 +163,7 @@ def issuer() -> TokenIssuer:
 def gateway_env(**settings: str) -> dict[str, str]:
     """Environment for a `dicom-gateway serve` subprocess: this process's, without any inherited gateway settings."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "CALLBACK_", "NEW_EXAM_"))}
+           if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "CALLBACK_", "NEW_EXAM_", "AUDIT_"))}
     env.update({k.upper(): v for k, v in settings.items()})
     return env
 
