@@ -123,3 +123,26 @@ async def test_an_unaudited_route_leaves_no_record(audited: httpx.AsyncClient) -
     assert answer.json()["events"] == []  # the listing itself is recorded once it is answered
     again = await audited.get("/audit-events", headers=AUDITOR)
     assert [e["record"]["resource"] for e in again.json()["events"]] == ["/audit-events"]
+
+
+async def test_a_viewer_token_issued_and_used_is_recorded(audited: httpx.AsyncClient, rsyslog: Rsyslog) -> None:
+    owner = new_patient_id()
+    instance = generated(owner)
+    assert (await Exams(audited).upload(instance)).status_code == 200
+    issued = await audited.get("/token", params={"studyUID": instance.study_uid, "patientID": owner,
+                                                 "user": "dr-viewer"}, headers=clinician())
+    assert issued.status_code == 200, issued.text
+    viewer = {"Authorization": f"Bearer {issued.json()['token']}"}
+    metadata = await audited.get(f"/dicomweb/studies/{instance.study_uid}/metadata", headers=viewer)
+    assert metadata.status_code == 200, metadata.text
+    other = await audited.get(f"/dicomweb/studies/{generated(new_patient_id()).study_uid}/metadata", headers=viewer)
+    assert other.status_code == 404  # outside the token's study
+    records = [r for r in await trail(audited, owner) if r["kind"] != "INSTANCES_TRANSFERRED" or r["action"] != "C"]
+    assert [(r["kind"], r["alert"], r["actor"]["subject"], r["outcome"]) for r in records[:3]] == [
+        ("SECURITY_ALERT", "OBJECT_SECURITY_ATTRIBUTES_CHANGED", "tester", 0),  # the clinician issued it
+        ("INSTANCES_TRANSFERRED", None, "dr-viewer", 0),  # the viewer read the study's metadata
+        ("SECURITY_ALERT", "USE_OF_RESTRICTED_FUNCTION", "dr-viewer", 4),  # and tried another study
+    ]
+    assert records[1]["actor"]["roles"] == ["viewer-patient"]
+    assert records[1]["studies"][0]["study_uid"] == instance.study_uid
+    await until_shipped(rsyslog, owner, 4)
