@@ -49,7 +49,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.auth.callers import Authenticator, Caller, Role, guarded
+from gateway.audit.facts import note_actor, note_patient, note_study
+from gateway.audit.records import Actor
+from gateway.auth.callers import Authenticator, Caller, Role, guarded, note_caller
 from gateway.callbacks.delivery import DeliveryWorker
 from gateway.dicom import vr
 from gateway.dicom.uid import is_valid_uid
@@ -215,13 +217,20 @@ class Callbacks:
         return bool(offered) and hmac.compare_digest(offered.encode(), self._token)
 
     async def post(self, request: Request) -> Response:
-        if not self._fixed_token(request):
+        if self._fixed_token(request):
+            note_actor(Actor(subject="pacs (callback token)", roles=("pacs",),
+                             address=request.client.host if request.client else None))
+        else:
             caller = await self._authenticator.authenticate(request)
+            note_caller(caller, request)
             if Role.PACS not in caller.roles:
                 raise Forbidden("the token does not grant access to this resource", {"required_roles": ["pacs"]})
         raw, payload = await read_json_object(request, max_bytes=MAX_BODY_BYTES, max_values=MAX_BODY_VALUES,
                                               what="the event", media_types=MEDIA_TYPES)
         event = parse_event(raw, payload)
+        if event.patient_id is not None:  # the patient and study the PACS reports, for the audit record
+            note_patient(event.patient_id)
+        note_study(event.study_instance_uid)
         event_id, created = await self._store.add(event, self._subscribers)  # committed before the answer
         if created:
             self._worker.wake()

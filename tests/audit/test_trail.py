@@ -146,3 +146,15 @@ async def test_a_viewer_token_issued_and_used_is_recorded(audited: httpx.AsyncCl
     assert records[1]["actor"]["roles"] == ["viewer-patient"]
     assert records[1]["studies"][0]["study_uid"] == instance.study_uid
     await until_shipped(rsyslog, owner, 4)
+
+
+async def test_a_new_exam_callback_is_a_procedure_record_with_the_pacs_as_actor(audited: httpx.AsyncClient) -> None:
+    owner = new_patient_id()
+    body = {"SourceID": "PACS-1", "StudyInstanceUID": "1.2.826.0.1.3680043.10.1234.77", "PatientID": owner,
+            "EventType": "COMPLETED"}
+    pacs = {"Authorization": f"Bearer {token('pacs')}"}
+    answer = await audited.post("/new-exam-callback", json=body, headers=pacs)
+    assert answer.status_code == 204, answer.text
+    [record] = await trail(audited, owner)
+    assert (record["kind"], record["action"], record["actor"]["roles"]) == ("PROCEDURE_RECORD", "C", ["pacs"])
+    assert record["studies"][0]["study_uid"] == body["StudyInstanceUID"]
