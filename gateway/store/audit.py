@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import BigInteger, Column, Float, Integer, String, Table, Text, delete, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.store.events import metadata
@@ -95,8 +97,7 @@ class AuditStore:
             query = query.where(audit_records.c.id > after_id)
         async with self.engine.connect() as conn:
             found = (await conn.execute(query)).all()
-        return [StoredAudit(int(r.id), AuditRow(float(r.recorded_at), r.request_id, r.event, int(r.outcome),
-                                                r.patient_id, r.study_uid, r.subject, r.record)) for r in found]
+        return [_stored(r) for r in found]
 
     async def claim_unshipped(self, owner: str, limit: int, lease_s: float) -> list[StoredAudit]:
         """Lease up to `limit` records due for shipping, oldest first; each claim counts as an attempt."""
@@ -115,8 +116,7 @@ class AuditStore:
                 lease_owner=owner, lease_until=now + lease_s, ship_attempts=audit_records.c.ship_attempts + 1))
             found = (await conn.execute(select(audit_records).where(audit_records.c.id.in_(ids))
                                         .order_by(audit_records.c.id))).all()
-        return [StoredAudit(int(r.id), AuditRow(float(r.recorded_at), r.request_id, r.event, int(r.outcome),
-                                                r.patient_id, r.study_uid, r.subject, r.record)) for r in found]
+        return [_stored(r) for r in found]
 
     async def shipped(self, owner: str, ids: Sequence[int]) -> None:
         async with self.engine.begin() as conn:
@@ -142,3 +142,8 @@ class AuditStore:
             if ids:
                 await conn.execute(delete(audit_records).where(audit_records.c.id.in_(ids)))
         return len(ids)
+
+
+def _stored(r: Row[Any]) -> StoredAudit:
+    return StoredAudit(int(r.id), AuditRow(float(r.recorded_at), r.request_id, r.event, int(r.outcome), r.patient_id,
+                                           r.study_uid, r.subject, r.record))
