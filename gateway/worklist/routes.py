@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.audit.facts import note_patient, note_study
 from gateway.auth.callers import Authenticator, Caller, Role, guarded
 from gateway.auth.scope import EXAMS_ROLES, require_patient_access
 from gateway.dicom.media import DICOM_JSON
@@ -169,9 +170,11 @@ class Worklist:
         dialect = self._require_ups()
         values = parse_workitem(await read_json(request, max_bytes=MAX_BODY_BYTES, what="the workitem"))
         patient_id = values["PatientID"]
+        note_patient(patient_id)  # the Order Record names the patient the body names, also when it is refused
         require_patient_access(caller, patient_id)
         given = values.get("StudyInstanceUID")
         study_uid = given or self._uids.new()
+        note_study(study_uid)
         dataset = build_create(
             values, dialect=dialect.name, study_uid=study_uid,
             priority=self._priority, input_readiness=self._input_readiness, worklist_label=self._label,
@@ -339,6 +342,8 @@ class Worklist:
                                                                      "state": "COMPLETED"})
             # None, another patient's (no existence oracle), or all cancelled already: removed.
             raise NotFound("no workitem for this study", {"StudyInstanceUID": study_uid})
+        if (owner := patient_of(scheduled[0])) is not None:  # a clinician may cancel one that is nobody's
+            note_patient(owner)
         for dataset in scheduled:  # more than one only after two creates raced for the study (docs/api/worklist.md)
             await self._cancel_one(dialect, first_value(dataset, SOP_INSTANCE_UID), study_uid)
         return Response(status_code=204)

@@ -17,8 +17,17 @@ from tests.support.dicom_factory import generated
 from tests.support.exams_support import Exams, clinician, gateway, new_patient_id, patient, token
 from tests.support.orthanc import Orthanc
 from tests.support.rsyslog import Rsyslog
+from tests.worklist.test_workitems import SEED, first, stack
 
 AUDITOR = {"Authorization": f"Bearer {token('auditor')}"}
+BOUNDARY = "audit-boundary"
+
+
+def multipart(*files: bytes) -> bytes:
+    """A STOW-RS body of DICOM files."""
+    parts = [f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+             for data in files]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
 @pytest.fixture
@@ -158,3 +167,62 @@ async def test_a_new_exam_callback_is_a_procedure_record_with_the_pacs_as_actor(
     [record] = await trail(audited, owner)
     assert (record["kind"], record["action"], record["actor"]["roles"]) == ("PROCEDURE_RECORD", "C", ["pacs"])
     assert record["studies"][0]["study_uid"] == body["StudyInstanceUID"]
+
+
+async def test_worklist_create_search_and_cancel_are_order_records(rsyslog: Rsyslog, database_url: str) -> None:
+    owner, intruder = new_patient_id(), new_patient_id("INTRUDER")
+    async with stack("standard", audit_trail="on", audit_syslog_url=rsyslog.url, database_url=database_url) as s:
+        created = await s.create({**SEED, "PatientID": owner})
+        assert created.status_code == 200, created.text
+        study = first(created.json(), "0020000D")
+        listed = await s.client.get("/workitems", params={"patientID": owner}, headers=clinician())
+        assert listed.status_code == 200
+        cancelled = await s.client.delete(f"/workitems/{study}", headers=clinician())
+        assert cancelled.status_code == 204, cancelled.text
+        # Another patient's token naming the owner, to search and to create: both refused, both recorded.
+        peek = await s.client.get("/workitems", params={"patientID": owner}, headers=patient(intruder))
+        assert peek.status_code == 403
+        assert (await s.create({**SEED, "PatientID": owner}, headers=patient(intruder))).status_code == 403
+        records = await trail(s.client, owner)
+        messages = await until_shipped(rsyslog, owner, 6)  # and the auditor's reading; shipped while it runs
+    assert [(r["kind"], r["action"], r["outcome"]) for r in records] == [
+        ("ORDER_RECORD", "C", 0), ("ORDER_RECORD", "R", 0), ("ORDER_RECORD", "U", 0),
+        ("SECURITY_ALERT", "E", 4), ("SECURITY_ALERT", "E", 4),
+    ]
+    assert [[s["study_uid"] for s in r["studies"]] for r in records[:3]] == [[study], [], [study]]  # a search: none
+    assert [r["alert"] for r in records[3:]] == ["USE_OF_RESTRICTED_FUNCTION"] * 2
+    assert [r["resource"] for r in records] == ["/workitems", "/workitems", "/workitems/{studyInstanceUID}",
+                                                "/workitems", "/workitems"]
+    assert sorted(event_id(m) for m in messages) == sorted(["Order Record"] * 3 + ["Security Alert"] * 2 + ["Query"])
+
+
+async def test_dicomweb_searches_renders_frames_and_stores_are_recorded(
+        audited: httpx.AsyncClient, rsyslog: Rsyslog) -> None:
+    owner = new_patient_id()
+    instance = generated(owner)
+    mine = patient(owner)
+    level = f"/dicomweb/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_uid}"
+    stored = await audited.post("/dicomweb/studies", content=multipart(instance.data), headers={
+        **clinician(), "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'})
+    assert stored.status_code == 200, stored.text
+    searched = await audited.get("/dicomweb/studies", params={"PatientID": owner}, headers=mine)
+    assert searched.status_code == 200, searched.text
+    rendered = await audited.get(f"{level}/rendered", headers={**mine, "Accept": "image/jpeg"})
+    assert rendered.status_code == 200, rendered.text
+    frames = await audited.get(f"{level}/frames/1", headers={**mine, "Accept": "multipart/related; "
+                                                             'type="application/octet-stream"; transfer-syntax=*'})
+    assert frames.status_code == 200, frames.text
+    records = await trail(audited, owner)
+    assert [(r["kind"], r["action"], r["data_flow"], r["actor"]["roles"]) for r in records] == [
+        ("INSTANCES_TRANSFERRED", "C", "from-actor", ["clinician"]),  # STOW-RS
+        ("QUERY", "E", None, ["patient"]),  # QIDO-RS
+        ("INSTANCES_ACCESSED", "R", None, ["patient"]),  # rendered
+        ("INSTANCES_TRANSFERRED", "R", "to-actor", ["patient"]),  # frames
+    ]
+    assert records[0]["studies"][0]["study_uid"] == instance.study_uid
+    assert records[1]["query"] == [["PatientID", owner]]
+    assert records[3]["studies"][0]["instances"][0][0] == instance.sop_uid
+    assert [r["resource"] for r in records[2:]] == [
+        "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
+        "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"]
+    await until_shipped(rsyslog, owner, 5)
