@@ -28,6 +28,7 @@ import platform
 import re
 import secrets
 import shutil
+import sqlite3
 import statistics
 import struct
 import subprocess
@@ -51,6 +52,7 @@ from joserfc.jwk import OctKey  # noqa: E402
 from tests.support.dicom_factory import generated, gradient_row, image_dataset, new_uid  # noqa: E402
 from tests.support.orthanc import Orthanc, free_port  # noqa: E402
 from tests.support.processes import GatewayProcess  # noqa: E402
+from tests.support.rsyslog import Rsyslog  # noqa: E402
 
 RESULTS = REPO / "bench" / "results.md"
 MIB = 1024 * 1024
@@ -73,6 +75,8 @@ STOW_RATIO_MIN = 0.80
 STOW_TARGET_PER_REQUEST = 10
 STABLE_PAUSE_S = 3.0  # > Orthanc's StableAge (deploy/dev/orthanc.sh)
 RSS_GROWTH_MAX_MIB = 64.0
+AUDIT_COST_MAX = 0.03  # the audit trail's cost on the QIDO and STOW ratios (issue 13)
+DRAIN_TIMEOUT_S = 60.0
 
 
 class BenchError(Exception):
@@ -92,6 +96,7 @@ class Stack:
     gateway: GatewayProcess
     token: str
     work: Path
+    audited: Audited | None = None  # the same gateway with AUDIT_TRAIL=on, for the QIDO and STOW rounds
 
     @property
     def direct(self) -> str:
@@ -120,9 +125,38 @@ class Stack:
         return None
 
 
+@dataclass
+class Audited:
+    """A second gateway, its audit trail on: records in its SQLite store, shipped to a private rsyslogd."""
+
+    gateway: GatewayProcess
+    database: Path
+    syslog: Rsyslog
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def pending(self) -> int:
+        """Audit records not yet taken by the syslog server."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)) as db:
+            row = db.execute("SELECT count(*) FROM audit_records WHERE ship_state = 'pending'").fetchone()
+        return int(row[0])
+
+    def drain(self) -> float:
+        """Wait until every record is shipped, so that no side is measured while the shipper catches up; seconds."""
+        started = time.perf_counter()
+        while self.pending():
+            if time.perf_counter() - started > DRAIN_TIMEOUT_S:
+                raise BenchError(f"{self.pending()} audit records still unshipped after {DRAIN_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+        return time.perf_counter() - started
+
+
 def gateway_env(**settings: str) -> dict[str, str]:
     """This process's environment without inherited gateway settings, plus `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "EXAMS_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PACS_", "AUTH_", "DICOM_", "LOG_", "EXAMS_", "AUDIT_", "DATABASE_"))}
     env.update({k.upper(): v for k, v in settings.items()})
     return env
 
@@ -317,6 +351,7 @@ class QidoResult:
     clients: int
     direct: list[WrkRun] = field(default_factory=list)
     gateway: list[WrkRun] = field(default_factory=list)
+    audited: list[WrkRun] = field(default_factory=list)  # the gateway with its audit trail on
 
 
 def median_run(runs: list[WrkRun]) -> WrkRun:
@@ -338,16 +373,25 @@ def bench_qido(stack: Stack, runs: int, seconds: float, patients: int) -> list[Q
     time.sleep(STABLE_PAUSE_S)  # let Orthanc finish its work on the studies just stored
     run_wrk(stack.direct, direct_script, 1, 1)  # warm-up
     run_wrk(stack.gw, gw_script, 1, 1)
+    if stack.audited is not None:
+        run_wrk(stack.audited.url, gw_script, 1, 1)
+        stack.audited.drain()
     results = []
     for clients in (1, 4):
         result = QidoResult(clients)
         for i in range(runs):
-            sides = [(result.direct, stack.direct, direct_script), (result.gateway, stack.gw, gw_script)]
-            for found, base, script in sides if i % 2 == 0 else sides[::-1]:  # alternate who goes first
-                found.append(run_wrk(base, script, clients, seconds))
+            sides = [(result.direct, stack.direct), (result.gateway, stack.gw)]
+            if stack.audited is not None:
+                sides.append((result.audited, stack.audited.url))
+            for found, base in sides[i % len(sides):] + sides[:i % len(sides)]:  # rotate who goes first
+                found.append(run_wrk(base, direct_script if base == stack.direct else gw_script, clients, seconds))
+                if stack.audited is not None and base == stack.audited.url:
+                    log(f"  (audit records shipped {stack.audited.drain():.1f} s after the run)")
             d, g = result.direct[-1], result.gateway[-1]
+            a = f", audited {result.audited[-1].rps:.0f} req/s p50 {result.audited[-1].p50_ms:.2f} ms" \
+                if result.audited else ""
             log(f"  QIDO c={clients} run {i + 1}: direct {d.rps:.0f} req/s p50 {d.p50_ms:.2f} ms, "
-                f"gateway {g.rps:.0f} req/s p50 {g.p50_ms:.2f} ms (errors {d.errors}/{g.errors})")
+                f"gateway {g.rps:.0f} req/s p50 {g.p50_ms:.2f} ms{a} (errors {d.errors}/{g.errors})")
         results.append(result)
     return results
 
@@ -446,11 +490,16 @@ class StowResult:
     side: int = 64  # rows = columns of the 16-bit instances (64: 9 KB files, 256: 129 KB files)
     direct: list[float] = field(default_factory=list)  # instances/s per run
     gateway: list[float] = field(default_factory=list)
+    audited: list[float] = field(default_factory=list)  # the gateway with its audit trail on
 
     @property
     def ratio(self) -> float:
-        """The median of the runs' gateway/direct ratios (each run pairs the two sides request by request)."""
+        """The median of the runs' gateway/direct ratios (each run pairs the sides request by request)."""
         return statistics.median(g / d for g, d in zip(self.gateway, self.direct, strict=True))
+
+    @property
+    def audited_ratio(self) -> float:
+        return statistics.median(a / d for a, d in zip(self.audited, self.direct, strict=True))
 
 
 def stow_bodies(tag: str, n: int, per_request: int, gateway: bool, side: int = 64) -> list[tuple[bytes, str, int]]:
@@ -506,6 +555,9 @@ def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[St
     # Warm-up: connections open, code paths hot.
     send_stow(client, direct_url, direct_headers, stow_bodies("WARMD", 20, 10, gateway=False))
     send_stow(client, gw_url, stack.auth, stow_bodies("WARMG", 20, 10, gateway=True))
+    audited_url = f"{stack.audited.url}/exams" if stack.audited is not None else None
+    if audited_url is not None:
+        send_stow(client, audited_url, stack.auth, stow_bodies("WARMA", 20, 10, gateway=True))
     # The target's shape (10 of 64x64 per request) and, without targets, one instance per request and instances the
     # size of an MR slice (256x256, 129 KB).
     results = [StowResult(1), StowResult(10), StowResult(10, side=256)]
@@ -513,23 +565,26 @@ def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[St
         for result in results:
             tag = f"{result.per_request}S{result.side}R{i}"
             count = n if result.side == 64 else n // 2
-            direct_bodies = stow_bodies(f"D{tag}", count, result.per_request, gateway=False, side=result.side)
-            gw_bodies = stow_bodies(f"G{tag}", count, result.per_request, gateway=True, side=result.side)
+            sides = [(result.direct, direct_url, direct_headers, False), (result.gateway, gw_url, stack.auth, True)]
+            if audited_url is not None:
+                sides.append((result.audited, audited_url, stack.auth, True))
+            bodies = [stow_bodies(f"{n}{tag}", count, result.per_request, gateway=form, side=result.side)
+                      for n, (_, _, _, form) in enumerate(sides)]
             time.sleep(STABLE_PAUSE_S)  # the previous run's studies become stable (Orthanc work) before this one
-            direct_s = gw_s = 0.0
-            for k, (direct_body, gw_body) in enumerate(zip(direct_bodies, gw_bodies, strict=True)):
-                pair = [(True, direct_url, direct_headers, direct_body), (False, gw_url, stack.auth, gw_body)]
-                for is_direct, url, headers, body in pair if k % 2 == 0 else pair[::-1]:
-                    seconds = post_stow(client, url, headers, *body)
-                    if is_direct:
-                        direct_s += seconds
-                    else:
-                        gw_s += seconds
-            result.direct.append(count / direct_s)
-            result.gateway.append(count / gw_s)
+            seconds = [0.0] * len(sides)
+            for k in range(len(bodies[0])):
+                for n in [*range(k % len(sides), len(sides)), *range(k % len(sides))]:  # rotate who goes first
+                    _, url, headers, _ = sides[n]
+                    seconds[n] += post_stow(client, url, headers, *bodies[n][k])
+            for (found, _, _, _), spent in zip(sides, seconds, strict=True):
+                found.append(count / spent)
+            audited = f", audited {result.audited[-1]:.0f} inst/s ({result.audited[-1] / result.direct[-1]:.0%})" \
+                if result.audited else ""
             log(f"  STOW {result.side}x{result.side} {result.per_request}/request run {i + 1}: "
                 f"direct {result.direct[-1]:.0f} inst/s, "
-                f"gateway {result.gateway[-1]:.0f} inst/s ({result.gateway[-1] / result.direct[-1]:.0%})")
+                f"gateway {result.gateway[-1]:.0f} inst/s ({result.gateway[-1] / result.direct[-1]:.0%}){audited}")
+            if stack.audited is not None:
+                log(f"  (audit records shipped {stack.audited.drain():.1f} s after the run)")
     return results
 
 
@@ -687,6 +742,15 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "**FAIL**"
 
 
+def audit_row(name: str, metric: str, audited: Sequence[float], plain_ratio: float, audited_ratio: float) -> str:
+    """The same measurement through the audited gateway; its cost is the points it loses on the gateway/direct
+    ratio against the gateway without the trail, measured in the same rounds."""
+    cost = plain_ratio - audited_ratio
+    return (f"| {name}, audit trail on | {metric} | | {spread(audited)} | {audited_ratio:.0%} "
+            f"(cost {cost * 100:+.1f} points) | cost ≤ {AUDIT_COST_MAX * 100:.0f} points | "
+            f"{verdict(cost <= AUDIT_COST_MAX)} |")
+
+
 def spread(values: Sequence[float], digits: int = 0) -> str:
     ordered = sorted(values)
     if len(ordered) == 1:
@@ -742,7 +806,14 @@ class Report:
                         f"{g.p50_ms / d.p50_ms:.2f}x (+{g.p50_ms - d.p50_ms:.2f} ms) | {p50_target} | {p50_result} |")
             rows.append(f"| {name} | p99 ms (median run) | {d.p99_ms:.2f} | {g.p99_ms:.2f} | "
                         f"{g.p99_ms / d.p99_ms:.2f}x (+{g.p99_ms - d.p99_ms:.2f} ms) | | |")
+            if result.audited:
+                a = median_run(result.audited)
+                rows.append(audit_row(name, "req/s (min / **median** / max)", [r.rps for r in result.audited],
+                                      rps_ratio, a.rps / d.rps))
+                rows.append(f"| {name}, audit trail on | p50 ms (median run) | {d.p50_ms:.2f} | {a.p50_ms:.2f} | "
+                            f"{a.p50_ms / d.p50_ms:.2f}x (+{a.p50_ms - d.p50_ms:.2f} ms) | | |")
             d_err, g_err = sum(r.errors for r in result.direct), sum(r.errors for r in result.gateway)
+            g_err += sum(r.errors for r in result.audited)
             if d_err or g_err:
                 rows.append(f"| {name} | errors (non-2xx + socket) | {d_err} | {g_err} | | 0 | "
                             f"{verdict(g_err == 0)} |")
@@ -787,10 +858,14 @@ class Report:
             target = f"≥ {STOW_RATIO_MIN:.0%}" if targeted else "(none: see below)"
             result_text = verdict(ratio >= STOW_RATIO_MIN) if targeted else ""
             kib = {64: 9, 256: 129}.get(result.side, 0)
-            rows.append(f"| STOW {result.side}x{result.side} 16-bit ({kib} KB), {result.per_request}/request, "
-                        f"sequential, interleaved | instances/s "
+            name = f"STOW {result.side}x{result.side} 16-bit ({kib} KB), {result.per_request}/request, sequential, " \
+                   "interleaved"
+            rows.append(f"| {name} | instances/s "
                         f"(min / **median** / max) | {spread(result.direct)} | {spread(result.gateway)} | "
                         f"{ratio:.0%} | {target} | {result_text} |")
+            if result.audited:
+                rows.append(audit_row(name, "instances/s (min / **median** / max)", result.audited, ratio,
+                                      result.audited_ratio))
         return rows
 
     def _memory_section(self) -> list[str]:
@@ -821,7 +896,9 @@ class Report:
     def _details(self) -> list[str]:
         out = ["", "<details><summary>All runs</summary>", ""]
         for result in self.qido or []:
-            for side, runs in (("direct", result.direct), ("gateway", result.gateway)):
+            for side, runs in (("direct", result.direct), ("gateway", result.gateway), ("audited", result.audited)):
+                if not runs:
+                    continue
                 listed = "; ".join(f"{r.rps:.0f} req/s p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} ms "
                                    f"({r.requests} req, {r.errors} err)" for r in runs)
                 out.append(f"- QIDO c={result.clients} {side}: {listed}")
@@ -835,6 +912,10 @@ class Report:
                        f"{', '.join(f'{v:.0f}' for v in stow.direct)}; "
                        f"gateway: {', '.join(f'{v:.0f}' for v in stow.gateway)} inst/s; per-run ratio: "
                        f"{', '.join(f'{g / d:.0%}' for g, d in zip(stow.gateway, stow.direct, strict=True))}")
+            if stow.audited:
+                out.append(f"- STOW {stow.side}x{stow.side} {stow.per_request}/request audited: "
+                           f"{', '.join(f'{v:.0f}' for v in stow.audited)} inst/s; per-run ratio: "
+                           f"{', '.join(f'{a / d:.0%}' for a, d in zip(stow.audited, stow.direct, strict=True))}")
         if self.memory is not None:
             for t in self.memory.transfers:
                 out.append(f"- {t.name}: VmHWM {t.hwm_before_mib:.1f} → {t.hwm_after_mib:.1f} MiB, "
@@ -909,18 +990,27 @@ def ensure_tools() -> None:
                              f"{result.stderr[-500:]}")
 
 
-def start_gateway(orthanc: Orthanc, work: Path) -> tuple[GatewayProcess, str]:
-    secret = secrets.token_hex(32)
+def start_gateway(orthanc: Orthanc, work: Path, secret: str, name: str, **settings: str) -> GatewayProcess:
     port = free_port()
     env = gateway_env(
         pacs_service_url=orthanc.dicomweb_url, pacs_profile="orthanc", log_level="info",
         public_base_url=f"http://127.0.0.1:{port}", auth_mode="jwt", auth_jwt_secret=secret,
+        database_url=f"sqlite:///{work / name}.db",
         tmpdir=str(work),  # the gateway spools uploads here, and this directory is removed at the end
+        **settings,
     )
-    gateway = GatewayProcess(env, work / "gateway.log", port)
-    log(f"starting the gateway on {port}")
+    gateway = GatewayProcess(env, work / f"{name}.log", port)
+    log(f"starting the {name} on {port}")
     gateway.start()
-    return gateway, clinician_token(secret)
+    return gateway
+
+
+def start_audited(orthanc: Orthanc, work: Path, secret: str, syslog: Rsyslog) -> Audited:
+    """The gateway as `start_gateway` starts it, with AUDIT_TRAIL=on and its records shipped to `syslog`."""
+    syslog.start()
+    gateway = start_gateway(orthanc, work, secret, "audited-gateway", audit_trail="on",
+                            audit_syslog_url=syslog.url, audit_source_id="bench")
+    return Audited(gateway, work / "audited-gateway.db", syslog)
 
 
 def section(report: Report, name: str, run: Callable[[], None]) -> None:
@@ -938,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 run of 3 s per QIDO setting, 1 run per other test")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (Orthanc data, logs)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 1 GiB transfers")
+    parser.add_argument("--skip-audit", action="store_true",
+                        help="leave out the second gateway, the one with its audit trail on")
     args = parser.parse_args(argv)
     runs, seconds = (1, 3.0) if args.quick else (3, 10.0)
     wall = time.perf_counter()
@@ -949,12 +1041,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dicom-gateway-bench-"))
     orthanc = Orthanc(work / "orthanc")
     gateway: GatewayProcess | None = None
+    audited: Audited | None = None
+    syslog = Rsyslog(work / "rsyslog")
     report = Report(args.quick, machine_info(), {})
     try:
         log(f"starting Orthanc on {orthanc.http_port}")
         orthanc.start()
-        gateway, token = start_gateway(orthanc, work)
-        stack = Stack(orthanc, gateway, token, work)
+        secret = secrets.token_hex(32)
+        gateway = start_gateway(orthanc, work, secret, "gateway", audit_trail="off")
+        if not args.skip_audit:
+            audited = start_audited(orthanc, work, secret, syslog)
+        stack = Stack(orthanc, gateway, clinician_token(secret), work, audited)
         report.versions = versions(stack)
         client = httpx.Client(timeout=120, limits=httpx.Limits(keepalive_expiry=0.5))
         with client:
@@ -988,18 +1085,25 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_memory:
                 section(report, "gateway RSS during 1 GiB transfers", memory)
         report.setup.append(
-            f"gateway: one `dicom-gateway serve` process (uvicorn, 1 worker), AUTH_MODE=jwt (HS256 clinician token "
-            f"on every request), LOG_LEVEL=info (an access line per request), "
-            f"PACS_PROFILE=orthanc; Orthanc: deploy/dev/orthanc.sh config; "
+            "gateway: one `dicom-gateway serve` process (uvicorn, 1 worker), AUTH_MODE=jwt (HS256 clinician token "
+            "on every request), LOG_LEVEL=info (an access line per request), "
+            "PACS_PROFILE=orthanc, AUDIT_TRAIL=off; "
+            + ("the audited gateway: the same with AUDIT_TRAIL=on, its SQLite store in the bench's directory, "
+               "shipping to a private rsyslogd over TCP (each round of requests waits until every record is "
+               "shipped before the next side runs); " if audited is not None else "")
+            + f"Orthanc: deploy/dev/orthanc.sh config; "
             f"everything on loopback, clients and servers sharing the cores; whole bench took "
             f"{time.perf_counter() - wall:.0f} s")
     except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
         report.errors.append(f"setup: {exc}")
         traceback.print_exc()
     finally:
-        if gateway is not None:
-            log("stopping the gateway")
-            gateway.stop()
+        for process in (gateway, audited.gateway if audited is not None else None):
+            if process is not None:
+                log(f"stopping the gateway on {process.port}")
+                process.stop()
+        if audited is not None:
+            syslog.stop()
         log("stopping Orthanc")
         try:
             orthanc.stop()

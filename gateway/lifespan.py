@@ -44,6 +44,7 @@ def lifespan(parts: Components, *, auth_mode: AuthMode) -> Lifespan:
                 await parts.worker.stop()
                 if parts.trail is not None:
                     await parts.trail.stop()
+                await parts.audit.close()
                 await parts.engine.dispose()
                 await parts.authenticator.aclose()
                 log.info("gateway_stopped")

@@ -76,7 +76,40 @@ def to_xml(record: AuditRecord, source_id: str) -> bytes:
     source = ET.SubElement(message, "AuditSourceIdentification", {"AuditSourceID": _text(source_id)})
     ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": _APPLICATION_SERVER})
     message.extend(_participant_objects(record))
-    return _DECLARATION + ET.tostring(message, encoding="unicode").encode("utf-8")
+    return _DECLARATION + serialize(message).encode("utf-8")
+
+
+def serialize(element: ET.Element) -> str:
+    """`ET.tostring(element, encoding="unicode")`, character for character, for the elements built here (no
+    namespaces, no tails, no comments), in less than half its time: the shipper renders every record it sends."""
+    out: list[str] = []
+    _write(element, out)
+    return "".join(out)
+
+
+def _write(element: ET.Element, out: list[str]) -> None:
+    out.append("<" + element.tag)
+    for name, value in element.attrib.items():
+        out.append(f' {name}="{_ATTRIBUTE_ESCAPES.sub(_escape, value)}"')
+    if element.text is None and not len(element):
+        out.append(" />")
+        return
+    out.append(">")
+    if element.text:
+        out.append(_TEXT_ESCAPES.sub(_escape, element.text))
+    for child in element:
+        _write(child, out)
+    out.append(f"</{element.tag}>")
+
+
+# ElementTree's escapes (xml.etree.ElementTree._escape_attrib and _escape_cdata).
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\r": "&#13;", "\n": "&#10;", "\t": "&#09;"}
+_ATTRIBUTE_ESCAPES = re.compile('[&<>"\r\n\t]')
+_TEXT_ESCAPES = re.compile("[&<>]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    return _ESCAPES[found.group()]
 
 
 def _event_identification(record: AuditRecord) -> ET.Element:

@@ -50,6 +50,7 @@ class ShipPolicy:
     batch: int  # records per send
     lease_s: float  # how long a claimed batch is ours before another shipper may take it
     poll_s: float  # how often to look when nothing woke the shipper
+    gather_s: float  # after a wake, how long records gather before the batch is claimed
     retry_base_s: float  # the wait after a failed send, doubling per consecutive failure
     retry_max_s: float
 
@@ -110,4 +111,7 @@ class AuditShipper:
                 continue  # more may be waiting
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._policy.poll_s)
+            # Every commit wakes the shipper; claiming at once would cost two write transactions per record under
+            # load, each queued with the requests' commits. Gathering makes it two per batch.
+            await asyncio.sleep(self._policy.gather_s)
             self._wake.clear()

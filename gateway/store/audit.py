@@ -4,19 +4,26 @@ A row holds the whole audit record as JSON (`record`) and, beside it, the column
 Shipping to the audit repository follows the callback outbox (`store.events`): rows are leased (`lease_owner`,
 `lease_until`; `FOR UPDATE SKIP LOCKED` on PostgreSQL), marked shipped once the syslog server took them, and a lease
 left by a killed gateway expires, so every row is shipped at least once. Times are Unix seconds (doubles).
+
+A batch is one INSERT statement (ids back by RETURNING, in the rows' order). Write transactions are functions of a
+synchronous connection: on SQLite they run whole in `store.db.SqliteWriter`'s thread (the journal commits on every
+audited request's path, and through aiosqlite a transaction costs several thread hand-overs), on PostgreSQL on the
+async engine (`run_sync`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Float, Integer, String, Table, Text, delete, or_, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.store.db import SqliteWriter, T
 from gateway.store.events import metadata
 
 PENDING, SHIPPED = "pending", "shipped"
@@ -66,22 +73,35 @@ class AuditStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._writer = SqliteWriter(engine) if SqliteWriter.serves(engine) else None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` as one write transaction: on SQLite in the writer's thread, elsewhere on the async engine."""
+        if self._writer is not None:
+            return await self._writer.run(work)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
 
     async def add_many(self, rows: Sequence[AuditRow]) -> list[int]:
-        """Store `rows` in one transaction (one commit, one fsync, for a whole batch); their ids, in order."""
+        """Store `rows` in one transaction (one statement, one commit, one fsync); their ids, in order."""
         now = time.time()
-        ids: list[int] = []
-        async with self.engine.begin() as conn:
-            for row in rows:
-                result = await conn.execute(audit_records.insert().values(
-                    recorded_at=row.recorded_at, request_id=row.request_id, event=row.event, outcome=row.outcome,
-                    patient_id=row.patient_id, study_uid=row.study_uid, subject=row.subject, record=row.record,
-                    ship_state=PENDING, ship_attempts=0, next_ship_at=now,
-                ))
-                key = result.inserted_primary_key
-                assert key is not None
-                ids.append(int(key[0]))
-        return ids
+        values = [{"recorded_at": row.recorded_at, "request_id": row.request_id, "event": row.event,
+                   "outcome": row.outcome, "patient_id": row.patient_id, "study_uid": row.study_uid,
+                   "subject": row.subject, "record": row.record, "ship_state": PENDING, "ship_attempts": 0,
+                   "next_ship_at": now} for row in rows]
+
+        if self._writer is not None:
+            return await self._writer.insert(audit_records, values)
+
+        def insert(conn: Connection) -> list[int]:
+            statement = audit_records.insert().returning(audit_records.c.id, sort_by_parameter_order=True)
+            return [int(i) for i in conn.execute(statement, values).scalars()]
+
+        return await self._write(insert)
 
     async def search(self, *, patient_id: str | None, since: float | None, until: float | None, limit: int,
                      after_id: int | None = None) -> list[StoredAudit]:
@@ -102,46 +122,52 @@ class AuditStore:
     async def claim_unshipped(self, owner: str, limit: int, lease_s: float) -> list[StoredAudit]:
         """Lease up to `limit` records due for shipping, oldest first; each claim counts as an attempt."""
         now = time.time()
-        async with self.engine.begin() as conn:
-            due = (select(audit_records.c.id)
-                   .where(audit_records.c.ship_state == PENDING, audit_records.c.next_ship_at <= now,
-                          or_(audit_records.c.lease_until.is_(None), audit_records.c.lease_until < now))
-                   .order_by(audit_records.c.id).limit(limit))
-            if self._postgres:
-                due = due.with_for_update(skip_locked=True)
-            ids = [int(i) for i in (await conn.execute(due)).scalars()]
+        due = (select(audit_records.c.id)
+               .where(audit_records.c.ship_state == PENDING, audit_records.c.next_ship_at <= now,
+                      or_(audit_records.c.lease_until.is_(None), audit_records.c.lease_until < now))
+               .order_by(audit_records.c.id).limit(limit))
+        if self._postgres:
+            due = due.with_for_update(skip_locked=True)
+
+        def claim(conn: Connection) -> list[StoredAudit]:
+            ids = [int(i) for i in conn.execute(due).scalars()]
             if not ids:
                 return []
-            await conn.execute(update(audit_records).where(audit_records.c.id.in_(ids)).values(
+            conn.execute(update(audit_records).where(audit_records.c.id.in_(ids)).values(
                 lease_owner=owner, lease_until=now + lease_s, ship_attempts=audit_records.c.ship_attempts + 1))
-            found = (await conn.execute(select(audit_records).where(audit_records.c.id.in_(ids))
-                                        .order_by(audit_records.c.id))).all()
-        return [_stored(r) for r in found]
+            found = conn.execute(select(audit_records).where(audit_records.c.id.in_(ids))
+                                 .order_by(audit_records.c.id)).all()
+            return [_stored(r) for r in found]
+
+        return await self._write(claim)
 
     async def shipped(self, owner: str, ids: Sequence[int]) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(audit_records)
-                               .where(audit_records.c.id.in_(list(ids)), audit_records.c.lease_owner == owner)
-                               .values(ship_state=SHIPPED, shipped_at=time.time(), lease_owner=None,
-                                       lease_until=None))
+        await self._release(owner, ids, ship_state=SHIPPED, shipped_at=time.time())
 
     async def ship_failed(self, owner: str, ids: Sequence[int], retry_at: float) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(audit_records)
-                               .where(audit_records.c.id.in_(list(ids)), audit_records.c.lease_owner == owner)
-                               .values(next_ship_at=retry_at, lease_owner=None, lease_until=None))
+        await self._release(owner, ids, next_ship_at=retry_at)
+
+    async def _release(self, owner: str, ids: Sequence[int], **values: object) -> None:
+        """End this owner's lease on `ids`, setting `values`."""
+        statement = (update(audit_records)
+                     .where(audit_records.c.id.in_(list(ids)), audit_records.c.lease_owner == owner)
+                     .values(lease_owner=None, lease_until=None, **values))
+        await self._write(lambda conn: conn.execute(statement))
 
     async def purge_before(self, cutoff: float, batch: int) -> int:
         """Delete up to `batch` shipped records older than `cutoff` (retention); how many went. An unshipped record
         is kept whatever its age: the repository has not got it yet."""
-        async with self.engine.begin() as conn:
-            old = (select(audit_records.c.id)
-                   .where(audit_records.c.recorded_at < cutoff, audit_records.c.ship_state == SHIPPED)
-                   .order_by(audit_records.c.id).limit(batch))
-            ids = [int(i) for i in (await conn.execute(old)).scalars()]
+        old = (select(audit_records.c.id)
+               .where(audit_records.c.recorded_at < cutoff, audit_records.c.ship_state == SHIPPED)
+               .order_by(audit_records.c.id).limit(batch))
+
+        def purge(conn: Connection) -> int:
+            ids = [int(i) for i in conn.execute(old).scalars()]
             if ids:
-                await conn.execute(delete(audit_records).where(audit_records.c.id.in_(ids)))
-        return len(ids)
+                conn.execute(delete(audit_records).where(audit_records.c.id.in_(ids)))
+            return len(ids)
+
+        return await self._write(purge)
 
 
 def _stored(r: Row[Any]) -> StoredAudit:

@@ -7,14 +7,23 @@ the async drivers (aiosqlite, asyncpg) are filled in here. The schema is created
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import Table, bindparam, event, text
+from sqlalchemy.dialects.sqlite import pysqlite
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+T = TypeVar("T")
+_NAMED_PARAMETERS = pysqlite.dialect(paramstyle="named")  # `:name`, as sqlite3 takes a row's mapping
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x64636D67  # "dcmg": the PostgreSQL advisory lock taken while migrating
 
@@ -42,27 +51,106 @@ def create_engine(url: str) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(full, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: object, _record: object) -> None:
-            # pysqlite's own BEGIN handling off, so that the BEGIN IMMEDIATE below is the only one (SQLAlchemy's
-            # recipe for SQLite transactions).
-            dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
-            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-            # WAL: readers do not block the writer; synchronous=FULL: a committed event survives a power cut.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _immediate(connection: Connection) -> None:
-            # Take the write lock at BEGIN: a read-then-write transaction cannot fail half-way with "database locked".
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
+        _sqlite_transactions(engine.sync_engine)
         return engine
     return create_async_engine(full, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """The SQLite settings every connection of `engine` gets, and BEGIN IMMEDIATE for every transaction."""
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: object, _record: object) -> None:
+        # pysqlite's own BEGIN handling off, so that the BEGIN IMMEDIATE below is the only one (SQLAlchemy's
+        # recipe for SQLite transactions).
+        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        # WAL: readers do not block the writer; synchronous=FULL: a committed event survives a power cut.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _immediate(connection: Connection) -> None:
+        # Take the write lock at BEGIN: a read-then-write transaction cannot fail half-way with "database locked".
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SqliteWriter:
+    """Write transactions on an SQLite file, each run whole in one thread of its own: one hand-over per transaction.
+
+    Through aiosqlite every statement, the BEGIN and the COMMIT each cross to the driver's thread and back (about
+    2.5 ms for a one-row transaction here, against 0.7 ms for the same transaction in one call). A writer that
+    commits on every request's path (the audit journal) gives each transaction to this thread instead, as a function
+    of a synchronous `Connection` (stdlib sqlite3, the same settings). One thread also means its transactions take
+    turns in the order they came, and never wait in SQLite's busy handler for each other.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        url = engine.url.set(drivername="sqlite+pysqlite")
+        self._engine = sqlalchemy.create_engine(url, connect_args={"timeout": 30})
+        _sqlite_transactions(self._engine)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._inserts: dict[tuple[Table, tuple[str, ...]], str] = {}
+        self._raw: Any = None  # the DB-API connection of `insert`, opened in the writer's thread
+
+    @staticmethod
+    def serves(engine: AsyncEngine) -> bool:
+        """Whether `engine` is an SQLite file (an in-memory database is one per connection: not shared)."""
+        return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, work)
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        with self._engine.begin() as connection:
+            return work(connection)
+
+    async def insert(self, table: Table, rows: Sequence[Mapping[str, object]]) -> list[int]:
+        """Insert `rows` into `table` in one transaction; their ids, in order.
+
+        The statement is compiled once per table and run on a DB-API connection the writer keeps: SQLAlchemy's
+        connection checkout, reset and result handling cost about 0.5 ms of CPU a transaction, four times what
+        SQLite itself takes, and this is the insert each audited request waits for."""
+        if not rows:
+            return []
+        key = (table, tuple(rows[0]))  # every row has the same columns
+        sql = self._inserts.get(key)
+        if sql is None:
+            statement = table.insert().values({name: bindparam(name) for name in key[1]}).returning(table.c.id)
+            sql = str(statement.compile(dialect=_NAMED_PARAMETERS))
+            self._inserts[key] = sql
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, sql, rows)
+
+    def _insert(self, sql: str, rows: Sequence[Mapping[str, object]]) -> list[int]:
+        if self._raw is None:
+            self._raw = self._engine.raw_connection()  # the connect event's settings (WAL, FULL, no auto-BEGIN)
+        cursor = self._raw.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            ids = []
+            for row in rows:
+                cursor.execute(sql, row)
+                ids.append(int(cursor.fetchone()[0]))
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cursor.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+        return ids
+
+    def close(self) -> None:
+        def release() -> None:
+            if self._raw is not None:
+                self._raw.close()
+
+        self._thread.submit(release).result()
+        self._thread.shutdown(wait=True)
+        self._engine.dispose()
 
 
 def _upgrade(connection: Connection) -> None:

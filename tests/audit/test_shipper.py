@@ -19,7 +19,7 @@ from gateway.store.db import create_engine, migrate
 
 ROW = AuditRow(recorded_at=1000.0, request_id="r", event="query", outcome=0, patient_id="PAT-1", study_uid=None,
                subject="alice", record="{}")
-POLICY = ShipPolicy(batch=10, lease_s=0.5, poll_s=0.05, retry_base_s=0.2, retry_max_s=1.0)
+POLICY = ShipPolicy(batch=10, lease_s=0.5, poll_s=0.05, gather_s=0.01, retry_base_s=0.2, retry_max_s=1.0)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from gateway.store.audit import AuditRow, AuditStore
 from gateway.store.db import create_engine, migrate
 from tests.support.rsyslog import Rsyslog
 
-POLICY = ShipPolicy(batch=20, lease_s=2.0, poll_s=0.05, retry_base_s=0.1, retry_max_s=0.4)
+POLICY = ShipPolicy(batch=20, lease_s=2.0, poll_s=0.05, gather_s=0.01, retry_base_s=0.1, retry_max_s=0.4)
 GATEWAY = Peer(user_id="dicom-gateway", address="gw.example.org")
 
 

@@ -124,3 +124,16 @@ async def test_retention_purges_shipped_records_in_batches_and_keeps_unshipped_o
     assert await store.purge_before(cutoff=2000.0, batch=3) == 0  # the two unshipped ones stay, however old
     left = await store.search(patient_id=None, since=None, until=None, limit=10)
     assert [s.id for s in left] == ids[4:]
+
+
+async def test_a_batch_that_fails_half_way_stores_none_of_it_and_the_next_one_goes_in(engine: AsyncEngine) -> None:
+    store = AuditStore(engine)
+    try:
+        with pytest.raises(Exception, match=r"(?i)not.null"):
+            await store.add_many([row(1), replace(row(2), event=None)])  # type: ignore[arg-type] # NOT NULL
+        assert await store.search(patient_id=None, since=None, until=None, limit=10) == []
+        ids = await store.add_many([row(3)])
+        found = await store.search(patient_id=None, since=None, until=None, limit=10)
+        assert [(f.id, f.row.request_id) for f in found] == [(ids[0], "r3")]
+    finally:
+        await store.close()
