@@ -568,14 +568,14 @@ def bench_stow(stack: Stack, client: httpx.Client, runs: int, n: int) -> list[St
             sides = [(result.direct, direct_url, direct_headers, False), (result.gateway, gw_url, stack.auth, True)]
             if audited_url is not None:
                 sides.append((result.audited, audited_url, stack.auth, True))
-            bodies = [stow_bodies(f"{n}{tag}", count, result.per_request, gateway=form, side=result.side)
-                      for n, (_, _, _, form) in enumerate(sides)]
+            bodies = [stow_bodies(f"{index}{tag}", count, result.per_request, gateway=form, side=result.side)
+                      for index, (_, _, _, form) in enumerate(sides)]
             time.sleep(STABLE_PAUSE_S)  # the previous run's studies become stable (Orthanc work) before this one
             seconds = [0.0] * len(sides)
             for k in range(len(bodies[0])):
-                for n in [*range(k % len(sides), len(sides)), *range(k % len(sides))]:  # rotate who goes first
-                    _, url, headers, _ = sides[n]
-                    seconds[n] += post_stow(client, url, headers, *bodies[n][k])
+                for index in [*range(k % len(sides), len(sides)), *range(k % len(sides))]:  # rotate who goes first
+                    _, url, headers, _ = sides[index]
+                    seconds[index] += post_stow(client, url, headers, *bodies[index][k])
             for (found, _, _, _), spent in zip(sides, seconds, strict=True):
                 found.append(count / spent)
             audited = f", audited {result.audited[-1]:.0f} inst/s ({result.audited[-1] / result.direct[-1]:.0%})" \

@@ -19,7 +19,7 @@ from gateway.audit.recorder import AuditMiddleware
 from gateway.callbacks import routes as callbacks
 from gateway.dicom.part10 import configure_pydicom
 from gateway.edge.context import current_request
-from gateway.edge.middleware import RequestContextMiddleware, route_template
+from gateway.edge.middleware import RequestContextMiddleware, request_route
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.exams import routes as exams
 from gateway.lifespan import lifespan
@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> Starlette:
     if parts.trail is not None:  # inside the request context (its request id), outside everything that answers
         middleware.append(Middleware(
             AuditMiddleware, journal=parts.trail.journal, classify=parts.trail.classifier,
-            route_of=partial(route_template, routes), request_id_of=_request_id,
+            route_of=partial(request_route, routes), request_id_of=_request_id,
             trusted_proxies=frozenset(settings.trusted_proxy_list),
         ))
     if settings.cors_origins:  # browser viewers on other origins (OHIF): preflights answered, tokens allowed

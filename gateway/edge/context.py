@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
+    route: str | None = None  # the route template, once looked up (`edge.middleware.request_route`)
     upstream_seconds: float = 0.0
     upstream_calls: int = 0
     # Counts and sizes a handler adds to the request's access line (never PHI: the line is logged at info).

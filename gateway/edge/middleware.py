@@ -14,7 +14,7 @@ import structlog
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.edge.context import RequestContext, enter_request, leave_request
+from gateway.edge.context import RequestContext, current_request, enter_request, leave_request
 from gateway.ops.metrics import Metrics
 
 log = structlog.get_logger("gateway.access")
@@ -37,6 +37,17 @@ def route_template(routes: list[BaseRoute], scope: Scope) -> str:
         if partial is None:
             partial = template
     return partial or UNMATCHED_ROUTE
+
+
+def request_route(routes: list[BaseRoute], scope: Scope) -> str:
+    """`route_template` of the current request, looked up once and kept in its context (the access line, the
+    metrics and the audit record all name it)."""
+    context = current_request()
+    if context is None:
+        return route_template(routes, scope)
+    if context.route is None:
+        context.route = route_template(routes, scope)
+    return context.route
 
 
 def _template(route: BaseRoute, scope: Scope) -> str:
@@ -85,7 +96,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = route_template(self.routes, arrived)
+            route = request_route(self.routes, arrived)
             self.metrics.observe_request(route, scope["method"], status, elapsed)
             # Route template and status only: the path and query can hold patient IDs (PHI), so they stay out.
             log.info(

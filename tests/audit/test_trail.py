@@ -5,14 +5,18 @@ back by an auditor through GET /audit-events) and at the syslog server (parsed b
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.audit.syslog import BOM
+from tests.audit.test_schema import RNG, XMLLINT
 from tests.support.dicom_factory import generated
 from tests.support.exams_support import Exams, clinician, gateway, new_patient_id, patient, token
 from tests.support.orthanc import Orthanc
@@ -43,15 +47,17 @@ async def trail(client: httpx.AsyncClient, patient_id: str) -> list[dict[str, An
     return [event["record"] for event in answer.json()["events"]]
 
 
-def shipped(rsyslog: Rsyslog, patient_id: str) -> list[ET.Element]:
-    """The audit messages rsyslog wrote that name `patient_id` as their patient participant object."""
+def shipped(rsyslog: Rsyslog, patient_id: str) -> list[tuple[ET.Element, bytes]]:
+    """The audit messages rsyslog wrote that name `patient_id` as their patient participant object: each parsed,
+    and its XML as received."""
     found = []
     for message in rsyslog.received():
-        root = ET.fromstring(message.raw[message.raw.index(BOM) + len(BOM):])  # noqa: S314 - our own XML
+        xml = message.raw[message.raw.index(BOM) + len(BOM):]
+        root = ET.fromstring(xml)  # noqa: S314 - our own XML
         ids = {o.get("ParticipantObjectID") for o in root.iter("ParticipantObjectIdentification")
                if (code := o.find("ParticipantObjectIDTypeCode")) is not None and code.get("csd-code") == "2"}
         if patient_id in ids:
-            found.append(root)
+            found.append((root, xml))
     return found
 
 
@@ -61,11 +67,26 @@ def event_id(message: ET.Element) -> str:
     return str(code.get("originalText"))
 
 
+def assert_valid(messages: list[bytes]) -> None:
+    """Each message as rsyslog received it validates against the A.5.1.1 schema (xmllint, tests/audit/test_schema)."""
+    if XMLLINT is None:
+        return  # tests/audit/test_schema.py is skipped then, with its reason
+    with tempfile.TemporaryDirectory() as work:
+        files = []
+        for n, message in enumerate(messages):
+            files.append(Path(work) / f"{n}.xml")
+            files[-1].write_bytes(message)
+        checked = subprocess.run([XMLLINT, "--noout", "--relaxng", str(RNG), *map(str, files)],
+                                 capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
 async def until_shipped(rsyslog: Rsyslog, patient_id: str, count: int) -> list[ET.Element]:
     for _ in range(200):
         found = shipped(rsyslog, patient_id)
         if len(found) >= count:
-            return found
+            assert_valid([xml for _, xml in found])
+            return [root for root, _ in found]
         await asyncio.sleep(0.05)
     raise AssertionError(f"{len(shipped(rsyslog, patient_id))} of {count} messages for {patient_id} shipped")
 
