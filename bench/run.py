@@ -11,6 +11,10 @@ the same work sent straight to Orthanc's DICOMweb root and sent through the gate
 3. STOW of small instances, 1 and 10 per request, sequential, the two sides' requests alternating: instances/s.
 4. The gateway's peak RSS while a ~1 GiB upload and a ~1 GiB download pass through it.
 
+A second gateway, the same with AUDIT_TRAIL=on (its SQLite store in the run's directory, shipping to a private
+rsyslogd), takes its turn in the QIDO and STOW rounds, so that the audit trail's cost is the points its ratio loses
+against the first gateway's in the same run (issue 13; `--skip-audit` leaves it out).
+
 The results are printed as a Markdown table and written to bench/results.md. The exit status is 0 when every
 measurement was made (whether or not the targets were met) and 1 when the bench itself broke.
 """
