@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.audit.syslog import syslog_address
 from gateway.dicom.uid import UidRootError, validate_uid_root
 from gateway.dicom.vr import VrError, ae
 from gateway.store.db import async_url
@@ -224,8 +225,8 @@ class Settings(BaseSettings):
 
     def _check_audit(self) -> None:
         url = self.audit_syslog_url
-        if url is not None and not re.fullmatch(r"tcp://[^\s/:]+:[0-9]{1,5}/?|tls://[^\s/:]+(:[0-9]{1,5})?/?", url):
-            raise ValueError("AUDIT_SYSLOG_URL must be tcp://host:port or tls://host[:port]")
+        if url is not None:
+            syslog_address(url)
         files = (self.audit_syslog_ca_file, self.audit_syslog_cert_file, self.audit_syslog_key_file)
         if any(files) and not (url or "").startswith("tls://"):
             raise ValueError("AUDIT_SYSLOG_CA_FILE, _CERT_FILE and _KEY_FILE are for a tls:// AUDIT_SYSLOG_URL")

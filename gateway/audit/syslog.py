@@ -27,6 +27,7 @@ import fcntl
 import ssl
 import struct
 import termios
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -150,6 +151,30 @@ def _unacknowledged(writer: asyncio.StreamWriter, raw: asyncio.WriteTransport) -
     return pending + count
 
 
+@dataclass(frozen=True, slots=True)
+class SyslogAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def syslog_address(url: str) -> SyslogAddress:
+    """The repository `url` names: `tcp://host:port` (RFC 6587) or `tls://host[:port]` (RFC 5425, 6514 by default);
+    `ValueError` for anything else. The one reading of AUDIT_SYSLOG_URL: the settings check it with this too."""
+    usage = "AUDIT_SYSLOG_URL must be tcp://host:port or tls://host[:port]"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        raise ValueError(f"{usage}: {url!r}") from None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or parts.username is not None or any(c.isspace() for c in url):
+        raise ValueError(f"{usage}: {url!r}")
+    if port is None and parts.scheme == "tcp":
+        raise ValueError(f"{usage} (a tcp:// URL names its port: plain TCP syslog has no assigned one): {url!r}")
+    return SyslogAddress(parts.hostname, port if port is not None else TLS_DEFAULT_PORT, parts.scheme == "tls")
+
+
 class SyslogSender:
     """Writes syslog frames to one audit record repository over a persistent TCP or TLS connection.
 
@@ -170,19 +195,14 @@ class SyslogSender:
         key_file: Path | None = None,
         timeout_s: float = 10.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise ValueError(f"AUDIT_SYSLOG_URL must be tcp://host:port or tls://host[:port]: {url!r}")
-        port = parts.port if parts.port is not None else (TLS_DEFAULT_PORT if parts.scheme == "tls" else None)
-        if port is None:
-            raise ValueError(f"a tcp:// syslog URL names its port (plain TCP syslog has no assigned one): {url!r}")
+        address = syslog_address(url)
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        self.host = parts.hostname
-        self.port = port
+        self.host = address.host
+        self.port = address.port
         self.timeout_s = timeout_s
         self._ssl: ssl.SSLContext | None = None
-        if parts.scheme == "tls":
+        if address.tls:
             self._ssl = self._tls_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         elif ca_file or cert_file or key_file:
             raise ValueError("ca_file, cert_file and key_file are for tls:// only; this URL would send in the clear")

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.audit.syslog import BOM, DICOM_MSGID, SyslogSender, SyslogUnavailable, frame
+from gateway.settings import SettingsError
+from tests.conftest import make_settings
 from tests.support.rsyslog import Received, Rsyslog, RsyslogTls, gtls_available
 
 WHEN = dt.datetime(2026, 12, 1, 14, 0, 0, 123456, tzinfo=dt.UTC)
@@ -135,11 +137,31 @@ def test_frame_rejects_a_body_that_is_not_utf8_or_brings_its_own_bom() -> None:
 # --- SyslogSender: configuration -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["tcp://127.0.0.1", "udp://127.0.0.1:514", "http://h:1", "tcp://:514",
-                                 "tcp://h:514/path", "127.0.0.1:514"])
+REFUSED_URLS = ["tcp://127.0.0.1", "udp://127.0.0.1:514", "http://h:1", "tcp://:514", "tcp://h:514/path",
+                "127.0.0.1:514", "tcp://h:99999", "tcp://h:x", "tcp://u@h:514", "tcp://h:514#x", "tcp://h:514?a=1",
+                "tls://h :6514", "tcp://h:514\n"]
+ACCEPTED_URLS = ["tcp://127.0.0.1:514", "tcp://repo.example.org:601/", "tls://repo.example.org", "tls://[::1]:6514"]
+
+
+@pytest.mark.parametrize("url", REFUSED_URLS)
 def test_sender_rejects_urls_it_cannot_use(url: str) -> None:
     with pytest.raises(ValueError, match=r"(?i)syslog"):
         SyslogSender(url=url)
+
+
+@pytest.mark.parametrize("url", REFUSED_URLS + ACCEPTED_URLS)
+def test_the_settings_take_exactly_the_urls_the_sender_takes(url: str) -> None:
+    try:
+        SyslogSender(url=url)
+        sender_takes = True
+    except ValueError:
+        sender_takes = False
+    assert sender_takes == (url in ACCEPTED_URLS)
+    if sender_takes:
+        assert make_settings(audit_syslog_url=url).audit_syslog_url == url
+    else:
+        with pytest.raises(SettingsError, match="AUDIT_SYSLOG_URL"):
+            make_settings(audit_syslog_url=url)
 
 
 def test_sender_tls_defaults_to_port_6514_and_refuses_certificates_for_plain_tcp(tmp_path: Path) -> None:
