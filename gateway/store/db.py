@@ -95,6 +95,7 @@ class SqliteWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._inserts: dict[tuple[Table, tuple[str, ...]], str] = {}
         self._raw: Any = None  # the DB-API connection of `insert`, opened in the writer's thread
+        self._closed = False
 
     @staticmethod
     def serves(engine: AsyncEngine) -> bool:
@@ -138,17 +139,25 @@ class SqliteWriter:
         except BaseException:
             with contextlib.suppress(Exception):
                 cursor.execute("ROLLBACK")
+            self._discard()  # whatever failed (a full disk, a lost file), the next batch starts on a new connection
             raise
         finally:
-            cursor.close()
+            with contextlib.suppress(Exception):
+                cursor.close()
         return ids
 
-    def close(self) -> None:
-        def release() -> None:
-            if self._raw is not None:
+    def _discard(self) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
                 self._raw.close()
+            self._raw = None
 
-        self._thread.submit(release).result()
+    def close(self) -> None:
+        """Close the kept connection in its thread, end the thread; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._thread.submit(self._discard).result()
         self._thread.shutdown(wait=True)
         self._engine.dispose()
 

@@ -132,8 +132,9 @@ async def test_a_batch_that_fails_half_way_stores_none_of_it_and_the_next_one_go
         with pytest.raises(Exception, match=r"(?i)not.null"):
             await store.add_many([row(1), replace(row(2), event=None)])  # type: ignore[arg-type] # NOT NULL
         assert await store.search(patient_id=None, since=None, until=None, limit=10) == []
-        ids = await store.add_many([row(3)])
+        ids = await store.add_many([row(3)])  # on SQLite, on a new connection: the failed one was discarded
         found = await store.search(patient_id=None, since=None, until=None, limit=10)
         assert [(f.id, f.row.request_id) for f in found] == [(ids[0], "r3")]
     finally:
         await store.close()
+        await store.close()  # closing twice is harmless (a lifespan and a test fixture may both close)
