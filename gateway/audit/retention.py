@@ -12,6 +12,7 @@ import time
 
 import structlog
 
+from gateway.ops.background import Background
 from gateway.store.audit import AuditStore
 
 log = structlog.get_logger(__name__)
@@ -24,15 +25,13 @@ class AuditRetention:
         self._keep_s = days * DAY_S
         self._batch = batch
         self._every_s = every_s
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("audit-retention", self._run)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-retention")
+        self._background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._background.stop()
 
     async def purge(self) -> int:
         """One pass: every shipped record older than the retention period; how many were deleted."""

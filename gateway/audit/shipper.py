@@ -21,6 +21,7 @@ import structlog
 from gateway.audit.messages import to_xml
 from gateway.audit.records import AuditRecord, Outcome
 from gateway.audit.syslog import frame
+from gateway.ops.background import Background
 from gateway.store.audit import AuditStore, StoredAudit
 
 log = structlog.get_logger(__name__)
@@ -64,20 +65,18 @@ class AuditShipper:
         self._owner = f"a-{secrets.token_hex(8)}"
         self._wake = asyncio.Event()
         self._failures = 0
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("audit-shipper", self._run)
 
     def wake(self) -> None:
         """Records were committed: ship now rather than at the next poll."""
         self._wake.set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-shipper")
+        self._background.start()
 
     async def stop(self) -> None:
         """Stop between batches; a batch in flight is not marked shipped and goes again after its lease."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._background.stop()
 
     async def ship_once(self) -> int:
         """Claim, send and mark one batch; how many records were shipped (0: nothing due)."""

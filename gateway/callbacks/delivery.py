@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
+from gateway.ops.background import Background
 from gateway.store.events import Claim, EventStore
 
 log = structlog.get_logger(__name__)
@@ -69,7 +70,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[str, dict[asyncio.Task[None], Claim]] = {url: {} for url in subscribers}
-        self._loop_task: asyncio.Task[None] | None = None
+        self._background = Background("callback-delivery", self._run)
         self._client: httpx.AsyncClient | None = None
 
     def wake(self) -> None:
@@ -81,14 +82,12 @@ class DeliveryWorker:
             return
         limits = httpx.Limits(max_connections=self.policy.concurrency * len(self.subscribers) + 4)
         self._client = httpx.AsyncClient(timeout=self.policy.timeout_s, limits=limits, follow_redirects=False)
-        self._loop_task = asyncio.create_task(self._run(), name="callback-delivery")
+        self._background.start()
 
     async def stop(self) -> None:
         """Stop claiming; let attempts in flight finish (up to the timeout); release the leases of the others."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._background.stop()
         pending = {task: claim for tasks in self._inflight.values() for task, claim in tasks.items()}
         if pending:
             _, unfinished = await asyncio.wait(pending, timeout=self.policy.timeout_s + 1)

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from gateway.errors import GatewayError
+from gateway.ops.background import Background
 from gateway.store.events import EventStore, NewEvent
 from gateway.upstream.client import UpstreamClient
 
@@ -34,15 +35,13 @@ class OrthancChangeFollower:
         self._subscribers = subscribers
         self._poll_s = poll_s
         self._on_events = on_events  # called after events are stored (wakes the delivery worker)
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("orthanc-changes", self._run)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="orthanc-changes")
+        self._background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._background.stop()
 
     async def _run(self) -> None:
         while True:
