@@ -1,4 +1,4 @@
-"""Which audit record each request makes: the gateway's routes in PS3.15 A.5.3 terms (issue 13, in progress).
+"""Which audit record each request makes: the gateway's routes in PS3.15 A.5.3 terms (issue 13).
 
 `Classifier(peer=...)` is given to `recorder.AuditMiddleware`. The table `EVENTS` maps (method, route template) to
 the event a successful request is; `records.py` says why each event is the A.5.3 message it is. Requests refused

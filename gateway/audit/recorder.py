@@ -1,4 +1,4 @@
-"""Recording the audit trail of every audited request, before its answer leaves (issue 13, in progress).
+"""Recording the audit trail of every audited request, before its answer leaves (issue 13).
 
 `AuditMiddleware` wraps the routes. During the request, the code that knows the facts notes them in the request's
 `AuditFacts` (who the caller is, which patient and studies, why a request was refused); when the answer starts, the
