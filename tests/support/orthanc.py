@@ -16,9 +16,9 @@ to exit, which takes 3.5-5 s for an Orthanc that has served requests.
 from __future__ import annotations
 
 import socket
-import subprocess
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.managed import ManagedServer, control, running
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORTHANC_SH = REPO_ROOT / "deploy" / "dev" / "orthanc.sh"
@@ -37,7 +37,7 @@ def free_port() -> int:
         return port
 
 
-class Orthanc:
+class Orthanc(ManagedServer):
     """One Orthanc process whose config, data, log and pid file live in ``run_dir``."""
 
     def __init__(
@@ -72,39 +72,15 @@ class Orthanc:
 
     def start(self) -> None:
         """Start (or keep, if already running and answering) and wait until ready."""
-        args = [str(ORTHANC_SH), "start", str(self.run_dir), str(self.http_port), str(self.dicom_port)]
+        args = [str(self.http_port), str(self.dicom_port)]
         if self.credentials is not None:
             user, password = self.credentials
             args.append(f"{user}:{password}")
-        subprocess.run(args, check=True, stdin=subprocess.DEVNULL, timeout=_START_TIMEOUT_S)
+        control(ORTHANC_SH, "start", self.run_dir, *args, timeout=_START_TIMEOUT_S)
 
     def stop(self) -> None:
         """Stop and wait for the process to exit. A no-op when nothing runs."""
-        subprocess.run(
-            [str(ORTHANC_SH), "stop", str(self.run_dir)],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            timeout=_STOP_TIMEOUT_S,
-        )
+        control(ORTHANC_SH, "stop", self.run_dir, timeout=_STOP_TIMEOUT_S)
 
     def is_running(self) -> bool:
-        result = subprocess.run(
-            [str(ORTHANC_SH), "status", str(self.run_dir)],
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            timeout=_STOP_TIMEOUT_S,
-        )
-        return result.returncode == 0
-
-    def __enter__(self) -> Orthanc:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return running(ORTHANC_SH, self.run_dir, timeout=_STOP_TIMEOUT_S)

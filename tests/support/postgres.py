@@ -23,8 +23,8 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
-from types import TracebackType
 
+from tests.support.managed import ManagedServer, control, running
 from tests.support.orthanc import REPO_ROOT, free_port
 
 POSTGRES_SH = REPO_ROOT / "deploy" / "dev" / "postgres.sh"
@@ -52,7 +52,7 @@ def pg_bin_dir() -> Path:
     return max(candidates, key=_version_key)
 
 
-class Postgres:
+class Postgres(ManagedServer):
     """One PostgreSQL server whose cluster, socket and log live in ``run_dir``."""
 
     def __init__(self, run_dir: Path, port: int | None = None) -> None:
@@ -72,31 +72,14 @@ class Postgres:
 
     def start(self) -> None:
         """Start (or keep, if already running and answering) and wait until ready."""
-        subprocess.run(
-            [str(POSTGRES_SH), "start", str(self.run_dir), str(self.port)],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            timeout=_START_TIMEOUT_S,
-        )
+        control(POSTGRES_SH, "start", self.run_dir, str(self.port), timeout=_START_TIMEOUT_S)
 
     def stop(self) -> None:
         """Stop (fast shutdown) and wait for the server to exit. A no-op when nothing runs."""
-        subprocess.run(
-            [str(POSTGRES_SH), "stop", str(self.run_dir)],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            timeout=_STOP_TIMEOUT_S,
-        )
+        control(POSTGRES_SH, "stop", self.run_dir, timeout=_STOP_TIMEOUT_S)
 
     def is_running(self) -> bool:
-        result = subprocess.run(
-            [str(POSTGRES_SH), "status", str(self.run_dir)],
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            timeout=_STOP_TIMEOUT_S,
-        )
-        return result.returncode == 0
+        return running(POSTGRES_SH, self.run_dir, timeout=_STOP_TIMEOUT_S)
 
     def new_database(self, name: str | None = None) -> str:
         """Create an empty database (``t_<hex>`` unless named) and return its URL."""
@@ -123,15 +106,3 @@ class Postgres:
         if result.returncode != 0:
             raise RuntimeError(f"createdb {name} failed ({result.returncode}): {result.stderr.strip()}")
         return self.url(name)
-
-    def __enter__(self) -> Postgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -34,8 +34,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from tests.support.managed import ManagedServer
 from tests.support.orthanc import free_port
 
 RSYSLOGD = Path(shutil.which("rsyslogd") or "/usr/sbin/rsyslogd")
@@ -83,7 +83,7 @@ def _property(outname: str, spec: str) -> str:
     return f'  property(outname="{outname}" name="{name}" format="jsonf"{dateformat})\n'
 
 
-class Rsyslog:
+class Rsyslog(ManagedServer):
     """One rsyslogd process whose config, work directory, logs and pid file live in ``run_dir``."""
 
     def __init__(
@@ -225,15 +225,3 @@ class Rsyslog:
             if path.exists():
                 parts.append(f"{path.name}: {path.read_text(errors='replace')[-2000:]}")
         return "; ".join(parts) or "no output"
-
-    def __enter__(self) -> Rsyslog:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
