@@ -5,7 +5,7 @@ Shipping to the audit repository follows the callback outbox (`store.events`): r
 `lease_until`; `FOR UPDATE SKIP LOCKED` on PostgreSQL), marked shipped once the syslog server took them, and a lease
 left by a killed gateway expires, so every row is shipped at least once. Times are Unix seconds (doubles).
 
-A batch is one INSERT statement (ids back by RETURNING, in the rows' order). Write transactions are functions of a
+A batch is one transaction of INSERTs (ids back by RETURNING, in the rows' order). Write transactions are functions of a
 synchronous connection: on SQLite they run whole in `store.db.SqliteWriter`'s thread (the journal commits on every
 audited request's path, and through aiosqlite a transaction costs several thread hand-overs), on PostgreSQL on the
 async engine (`run_sync`).
