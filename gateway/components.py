@@ -74,7 +74,7 @@ def build(settings: Settings) -> Components:
     authenticator = _authenticator(settings)
     engine = create_engine(settings.database_url)
     store = EventStore(engine)
-    audit = AuditStore(engine)
+    audit = AuditStore(engine, inline=settings.audit_durability == "process")
     worker = DeliveryWorker(store=store, subscribers=settings.subscribers, policy=_delivery_policy(settings))
     follower = None
     if settings.new_exam_detection == "orthanc-changes":
@@ -130,7 +130,7 @@ def audit_trail(settings: Settings, store: AuditStore) -> AuditTrail:
         rendering = SyslogRendering(source_id=settings.audit_source_id, hostname=_syslog_hostname())
         # A lease (30 s) covers a send (10 s at most); records gather 0.2 s after a commit wakes the shipper.
         shipper = AuditShipper(store=store, render=rendering, send=sender.send, policy=ShipPolicy(
-            batch=100, lease_s=30.0, poll_s=1.0, gather_s=0.2, retry_base_s=1.0, retry_max_s=300.0))
+            batch=100, lease_s=30.0, poll_s=1.0, gather_s=0.2, retry_base_s=1.0, retry_max_s=300.0), render_apart=True)
     if settings.audit_retention_days is not None:
         retention = AuditRetention(store=store, days=settings.audit_retention_days)
     journal = AuditJournal(store=store, on_commit=shipper.wake if shipper is not None else None)

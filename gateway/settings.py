@@ -107,8 +107,11 @@ class Settings(BaseSettings):
     def subscribers(self) -> list[str]:
         return [url.strip() for url in self.callback_urls.split(",") if url.strip()]
 
-    # --- the audit trail (issue 13, in progress: off by default until every audited route records) -------------
+    # --- the audit trail (issue 13; off by default: docs/api/audit.md, "What it costs") -------------------------
     audit_trail: Literal["off", "on"] = "off"
+    # SQLite: "process" commits a record into the write-ahead log (it survives the gateway's crash or kill, not a
+    # power cut of the host); "power" also syncs it to the disk before the answer (slower). PostgreSQL: its own.
+    audit_durability: Literal["process", "power"] = "process"
     audit_source_id: str = Field(default="dicom-gateway", min_length=1, max_length=64)  # PS3.15 AuditSourceID
     audit_syslog_url: str | None = None  # tcp://host:port or tls://host[:port]: the audit record repository
     audit_syslog_ca_file: Path | None = None

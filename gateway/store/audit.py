@@ -5,10 +5,12 @@ Shipping to the audit repository follows the callback outbox (`store.events`): r
 `lease_until`; `FOR UPDATE SKIP LOCKED` on PostgreSQL), marked shipped once the syslog server took them, and a lease
 left by a killed gateway expires, so every row is shipped at least once. Times are Unix seconds (doubles).
 
-A batch is one transaction of INSERTs (ids back by RETURNING, in the rows' order). Write transactions are functions of a
-synchronous connection: on SQLite they run whole in `store.db.SqliteWriter`'s thread (the journal commits on every
-audited request's path, and through aiosqlite a transaction costs several thread hand-overs), on PostgreSQL on the
-async engine (`run_sync`).
+A batch is one transaction of INSERTs (ids back by RETURNING, in the rows' order); every audited request waits for
+the batch that holds its record. On SQLite a batch is committed on the event loop itself without an fsync
+(`store.db.InlineSqlite`, `AUDIT_DURABILITY=process`, the default), or, when another connection holds the write lock
+or `AUDIT_DURABILITY=power`, in `store.db.SqliteWriter`'s thread (synced to the disk). The other write transactions
+(leases, marks, purges) are functions of a synchronous connection, run in that thread; on PostgreSQL everything
+runs on the async engine (`run_sync`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy import BigInteger, Column, Float, Integer, String, Table, Text, delete, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.store.db import SqliteWriter, T
+from gateway.store.db import InlineSqlite, SqliteBusy, SqliteWriter, T
 from gateway.store.events import metadata
 
+log = structlog.get_logger(__name__)
 PENDING, SHIPPED = "pending", "shipped"
 _ID = BigInteger().with_variant(Integer(), "sqlite")
 _SECONDS = Float(precision=53)
@@ -70,12 +74,20 @@ class StoredAudit:
 
 
 class AuditStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, inline: bool = True) -> None:
+        """`inline`: on SQLite, records are committed on the event loop without an fsync (`store.db.InlineSqlite`);
+        otherwise in the writer's thread, synced to the disk (`synchronous=FULL`)."""
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._writer = SqliteWriter(engine) if SqliteWriter.serves(engine) else None
+        self._inline = InlineSqlite(str(engine.url.database)) if self._writer is not None and inline else None
+        self._checkpointing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
+        if self._inline is not None:
+            self._inline.close()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
 
@@ -87,13 +99,22 @@ class AuditStore:
             return await conn.run_sync(work)
 
     async def add_many(self, rows: Sequence[AuditRow]) -> list[int]:
-        """Store `rows` in one transaction (one statement, one commit, one fsync); their ids, in order."""
+        """Store `rows` in one transaction (one commit); their ids, in order."""
         now = time.time()
         values = [{"recorded_at": row.recorded_at, "request_id": row.request_id, "event": row.event,
                    "outcome": row.outcome, "patient_id": row.patient_id, "study_uid": row.study_uid,
                    "subject": row.subject, "record": row.record, "ship_state": PENDING, "ship_attempts": 0,
                    "next_ship_at": now} for row in rows]
 
+        if self._inline is not None:
+            try:
+                ids = self._inline.insert(audit_records, values)
+            except SqliteBusy:
+                pass  # another writer holds the lock: wait for it in the writer's thread, not on the loop
+            else:
+                if self._writer is not None:
+                    self._checkpoint_soon(self._inline, self._writer)
+                return ids
         if self._writer is not None:
             return await self._writer.insert(audit_records, values)
 
@@ -102,6 +123,21 @@ class AuditStore:
             return [int(i) for i in conn.execute(statement, values).scalars()]
 
         return await self._write(insert)
+
+    def _checkpoint_soon(self, inline: InlineSqlite, writer: SqliteWriter) -> None:
+        """At most once a second, copy the log the inline commits wrote into the database file, in the writer's
+        thread (a checkpoint copies pages and syncs: not on the loop)."""
+        if time.monotonic() - inline.last_checkpoint < 1.0 or self._checkpointing is not None:
+            return
+        inline.last_checkpoint = time.monotonic()
+        self._checkpointing = asyncio.create_task(writer.checkpoint())
+        self._checkpointing.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, task: asyncio.Task[None]) -> None:
+        self._checkpointing = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The log keeps growing until one succeeds (the next commit tries again): worth a warning, not a failure.
+            log.warning("audit_checkpoint_failed", error=type(exc).__name__)
 
     async def search(self, *, patient_id: str | None, since: float | None, until: float | None, limit: int,
                      after_id: int | None = None) -> list[StoredAudit]:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,7 +96,6 @@ class SqliteWriter:
         self._engine = sqlalchemy.create_engine(url, connect_args={"timeout": 30})
         _sqlite_transactions(self._engine)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._inserts: dict[tuple[Table, tuple[str, ...]], str] = {}
         self._raw: Any = None  # the DB-API connection of `insert`, opened in the writer's thread
         self._closed = False
 
@@ -117,13 +119,17 @@ class SqliteWriter:
         four times what SQLite itself takes, and this is the insert each audited request waits for."""
         if not rows:
             return []
-        key = (table, tuple(rows[0]))  # every row has the same columns
-        sql = self._inserts.get(key)
-        if sql is None:
-            statement = table.insert().values({name: bindparam(name) for name in key[1]}).returning(table.c.id)
-            sql = str(statement.compile(dialect=_NAMED_PARAMETERS))
-            self._inserts[key] = sql
+        sql = insert_sql(table, tuple(rows[0]))  # every row has the same columns
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, sql, rows)
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (`PRAGMA wal_checkpoint(PASSIVE)`), in the thread."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        if self._raw is None:
+            self._raw = self._engine.raw_connection()
+        self._raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
     def _insert(self, sql: str, rows: Sequence[Mapping[str, object]]) -> list[int]:
         if self._raw is None:
@@ -160,6 +166,71 @@ class SqliteWriter:
         self._thread.submit(self._discard).result()
         self._thread.shutdown(wait=True)
         self._engine.dispose()
+
+
+@cache
+def insert_sql(table: Table, columns: tuple[str, ...]) -> str:
+    """`INSERT INTO table (columns) VALUES (:column, ...) RETURNING id`, compiled once per table and columns."""
+    statement = table.insert().values({name: bindparam(name) for name in columns}).returning(table.c.id)
+    return str(statement.compile(dialect=_NAMED_PARAMETERS))
+
+
+class SqliteBusy(Exception):
+    """Another connection holds SQLite's write lock: the transaction was not run."""
+
+
+class InlineSqlite:
+    """Short write transactions on the event loop itself, on a connection that never waits for a lock.
+
+    With `synchronous=NORMAL` in WAL mode a commit is a write into the log, no fsync (tens of microseconds): a
+    committed transaction survives the gateway's crash or kill, since the data is in the kernel's hands, but the
+    last ones before a power cut or a kernel crash may be lost (SQLite syncs the log at each checkpoint). That is
+    cheap enough to run where the caller is, with none of a thread's hand-overs. It must never block the loop, so
+    its busy timeout is 0: when another connection holds the write lock, `SqliteBusy` says to run it elsewhere.
+    Checkpoints are not run here either (`wal_autocheckpoint=0`): the owner runs them off the loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
+        self.last_checkpoint = time.monotonic()
+
+    def insert(self, table: Table, rows: Sequence[Mapping[str, object]]) -> list[int]:
+        if not rows:
+            return []
+        sql = insert_sql(table, tuple(rows[0]))
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise SqliteBusy from exc
+            self.close()
+            raise
+        try:
+            ids = [int(connection.execute(sql, row).fetchone()[0]) for row in rows]
+            connection.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.execute("ROLLBACK")
+            self.close()  # whatever failed, the next transaction starts on a new connection
+            raise
+        return ids
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(self._path, isolation_level=None, timeout=0, check_same_thread=False)
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0",
+                           "wal_autocheckpoint=0"):
+                connection.execute(f"PRAGMA {pragma}")
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
 
 
 def _upgrade(connection: Connection) -> None:

@@ -1,20 +1,26 @@
 """The stored audit trail (`gateway.store.audit`) and its group commit (`gateway.audit.journal`), on SQLite and
 PostgreSQL: batches share one transaction, each writer learns its own id, a failing store fails every writer of the
-batch, shipping leases are exclusive and expire, retention keeps what was not shipped."""
+batch, shipping leases are exclusive and expire, retention keeps what was not shipped. On SQLite, where a batch is
+committed: on the loop without an fsync by default, in the writer's thread when the lock is held or when
+AUDIT_DURABILITY=power asks for the sync."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.journal import AuditJournal, AuditUnavailable
 from gateway.store.audit import AuditRow, AuditStore
-from gateway.store.db import create_engine, migrate
+from gateway.store.db import InlineSqlite, SqliteWriter, create_engine, migrate
 
 ROW = AuditRow(recorded_at=0.0, request_id="r0", event="query", outcome=0, patient_id="PAT-1",
                study_uid="1.2.3", subject="alice", record='{"event":"query"}')
@@ -138,3 +144,89 @@ async def test_a_batch_that_fails_half_way_stores_none_of_it_and_the_next_one_go
     finally:
         await store.close()
         await store.close()  # closing twice is harmless (a lifespan and a test fixture may both close)
+
+
+# --- SQLite: where a batch is committed (AUDIT_DURABILITY) -----------------------------------------------------------
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+def _refuse(*_: object) -> NoReturn:
+    raise AssertionError("this path must not be taken")
+
+
+async def test_sqlite_commits_a_batch_on_the_loop_unsynced_by_default(sqlite_engine: AsyncEngine,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = AuditStore(sqlite_engine)
+    monkeypatch.setattr(SqliteWriter, "insert", _refuse)  # the writer's thread is not used while the lock is free
+    try:
+        ids = await store.add_many([row(1), row(2)])
+        assert len(ids) == 2
+        assert store._inline is not None
+        assert store._inline._connect().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no fsync
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(str(sqlite_engine.url.database))) as other:
+        assert [r[0] for r in other.execute("SELECT request_id FROM audit_records ORDER BY id")] == ["r1", "r2"]
+
+
+async def test_a_held_write_lock_sends_the_batch_to_the_writer_thread_and_the_loop_goes_on(
+        sqlite_engine: AsyncEngine) -> None:
+    store = AuditStore(sqlite_engine)
+    holder = sqlite3.connect(str(sqlite_engine.url.database), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer (the callback store, say) holds the lock
+        writing = asyncio.create_task(store.add_many([row(1)]))
+        started = time.perf_counter()
+        await asyncio.sleep(0.2)
+        assert time.perf_counter() - started < 0.5  # the loop was not held by the waiting batch
+        assert not writing.done()
+        holder.execute("COMMIT")
+        ids = await asyncio.wait_for(writing, 10)
+        assert len(ids) == 1
+        found = await store.search(patient_id=None, since=None, until=None, limit=10)
+        assert [f.row.request_id for f in found] == ["r1"]
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_power_durability_commits_in_the_writer_thread_synced(sqlite_engine: AsyncEngine,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store = AuditStore(sqlite_engine, inline=False)
+    monkeypatch.setattr(InlineSqlite, "insert", _refuse)
+    try:
+        assert len(await store.add_many([row(1)])) == 1
+        assert store._writer is not None
+        synchronous = await store._writer.run(lambda c: c.exec_driver_sql("PRAGMA synchronous").scalar())
+        assert synchronous == 2  # FULL: the log is synced before the commit returns
+    finally:
+        await store.close()
+
+
+async def test_inline_commits_reach_the_database_file_by_checkpoints_off_the_loop(sqlite_engine: AsyncEngine) -> None:
+    path = str(sqlite_engine.url.database)
+    store = AuditStore(sqlite_engine)
+
+    def in_the_file_itself() -> int:  # immutable=1 reads the database file alone, not the write-ahead log
+        with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM audit_records").fetchone()[0])
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the migration's tables, into the file
+    try:
+        await store.add_many([row(1)])
+        assert in_the_file_itself() == 0  # committed into the log only
+        deadline = time.monotonic() + 10
+        while in_the_file_itself() < 2:
+            assert time.monotonic() < deadline, "no checkpoint"
+            await asyncio.sleep(0.3)
+            await store.add_many([row(2)])  # a commit a second after the last checkpoint starts one
+    finally:
+        await store.close()
