@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit.apart import ShipperConfig, ShipperProcess
 from gateway.audit.classify import Classifier
 from gateway.audit.journal import AuditJournal
 from gateway.audit.records import Peer
 from gateway.audit.retention import AuditRetention
 from gateway.audit.routes import AuditEvents
-from gateway.audit.shipper import AuditShipper, ShipPolicy, SyslogRendering
-from gateway.audit.syslog import SyslogSender
+from gateway.audit.shipper import ShipPolicy, SyslogRendering
 from gateway.audit.trail import AuditTrail
 from gateway.auth.callers import Authenticator, JwksSource, JwtAuthenticator, NoAuthentication, TokenRules
 from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
@@ -123,19 +123,22 @@ def upstream_client(settings: Settings, metrics: Metrics) -> UpstreamClient:
 
 
 def audit_trail(settings: Settings, store: AuditStore) -> AuditTrail:
-    sender = shipper = retention = None
+    shipper = retention = None
     if settings.audit_syslog_url is not None:
-        sender = SyslogSender(url=settings.audit_syslog_url, ca_file=settings.audit_syslog_ca_file,
-                              cert_file=settings.audit_syslog_cert_file, key_file=settings.audit_syslog_key_file)
-        rendering = SyslogRendering(source_id=settings.audit_source_id, hostname=_syslog_hostname())
-        # A lease (30 s) covers a send (10 s at most); records gather 0.2 s after a commit wakes the shipper.
-        shipper = AuditShipper(store=store, render=rendering, send=sender.send, policy=ShipPolicy(
-            batch=100, lease_s=30.0, poll_s=1.0, gather_s=0.2, retry_base_s=1.0, retry_max_s=300.0), render_apart=True)
+        # In a process of its own (audit.apart). A lease (30 s) covers a send (10 s at most); records gather 0.2 s
+        # after a commit wakes the shipper.
+        shipper = ShipperProcess(ShipperConfig(
+            database_url=settings.database_url, syslog_url=settings.audit_syslog_url,
+            rendering=SyslogRendering(source_id=settings.audit_source_id, hostname=_syslog_hostname()),
+            policy=ShipPolicy(batch=100, lease_s=30.0, poll_s=1.0, gather_s=0.2, retry_base_s=1.0,
+                              retry_max_s=300.0),
+            log_level=settings.log_level, log_format=settings.log_format, ca_file=settings.audit_syslog_ca_file,
+            cert_file=settings.audit_syslog_cert_file, key_file=settings.audit_syslog_key_file))
     if settings.audit_retention_days is not None:
         retention = AuditRetention(store=store, days=settings.audit_retention_days)
     journal = AuditJournal(store=store, on_commit=shipper.wake if shipper is not None else None)
     return AuditTrail(journal=journal, classifier=Classifier(peer=Peer(user_id=settings.audit_source_id)),
-                      shipper=shipper, sender=sender, retention=retention)
+                      shipper=shipper, retention=retention)
 
 
 def _syslog_hostname() -> str:

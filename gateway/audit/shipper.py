@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -59,25 +56,10 @@ class ShipPolicy:
     retry_max_s: float
 
 
-def render_all(render: Render, records: Sequence[StoredAudit]) -> list[bytes]:
-    """`render` each record (in the rendering process, when the shipper has one)."""
-    return [render(record) for record in records]
-
-
 class AuditShipper:
-    """Ships what the journal committed; see the module's docstring.
-
-    With `render_apart`, the messages are written in a process of their own (one worker, started with the shipper):
-    the XML of a record costs about 0.2 ms of CPU, which in the serving process is taken from the requests (in a
-    thread too: the GIL). The records travel to it as their JSON. A worker that died is replaced, and the batch it
-    held is written here."""
-
-    def __init__(self, *, store: AuditStore, render: Render, send: Send, policy: ShipPolicy,
-                 render_apart: bool = False) -> None:
+    def __init__(self, *, store: AuditStore, render: Render, send: Send, policy: ShipPolicy) -> None:
         self._store = store
         self._render = render
-        self._render_apart = render_apart
-        self._renderer: ProcessPoolExecutor | None = None
         self._send = send
         self._policy = policy
         self._owner = f"a-{secrets.token_hex(8)}"
@@ -90,28 +72,11 @@ class AuditShipper:
         self._wake.set()
 
     async def start(self) -> None:
-        if self._render_apart:
-            self._renderer = _rendering_process()
         self._background.start()
 
     async def stop(self) -> None:
         """Stop between batches; a batch in flight is not marked shipped and goes again after its lease."""
         await self._background.stop()
-        if self._renderer is not None:
-            renderer, self._renderer = self._renderer, None
-            await asyncio.to_thread(renderer.shutdown, wait=True, cancel_futures=True)
-
-    async def _rendered(self, records: list[StoredAudit]) -> list[bytes]:
-        if self._renderer is None:
-            return render_all(self._render, records)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._renderer, render_all, self._render,
-                                                                    records)
-        except BrokenProcessPool:
-            log.warning("audit_renderer_restarted")
-            self._renderer.shutdown(wait=False)
-            self._renderer = _rendering_process()
-            return render_all(self._render, records)
 
     async def ship_once(self) -> int:
         """Claim, send and mark one batch; how many records were shipped (0: nothing due)."""
@@ -120,7 +85,7 @@ class AuditShipper:
             return 0
         ids = [record.id for record in claimed]
         try:
-            await self._send(await self._rendered(claimed))
+            await self._send([self._render(record) for record in claimed])
         except Exception as exc:  # noqa: BLE001 - any failure to ship is retried; the records stay stored
             self._failures += 1
             wait = min(self._policy.retry_max_s, self._policy.retry_base_s * 2 ** min(self._failures - 1, 20))
@@ -149,8 +114,3 @@ class AuditShipper:
             # load, each queued with the requests' commits. Gathering makes it two per batch.
             await asyncio.sleep(self._policy.gather_s)
             self._wake.clear()
-
-
-def _rendering_process() -> ProcessPoolExecutor:
-    # spawn, not fork: the serving process has threads (the store's), and a fork copies their locks as they are.
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))

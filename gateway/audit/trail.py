@@ -1,24 +1,23 @@
 """The audit trail as one component: the journal the requests wait on, the classifier, and the background parts
-(the syslog shipper when `AUDIT_SYSLOG_URL` is set, retention when `AUDIT_RETENTION_DAYS` is). Built by
-`components`, opened and closed by `lifespan`, put in front of the routes by `app` (`AuditMiddleware`)."""
+(the syslog shipper, in a process of its own, when `AUDIT_SYSLOG_URL` is set; retention when `AUDIT_RETENTION_DAYS`
+is). Built by `components`, opened and closed by `lifespan`, put in front of the routes by `app`
+(`AuditMiddleware`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.audit.apart import ShipperProcess
 from gateway.audit.classify import Classifier
 from gateway.audit.journal import AuditJournal
 from gateway.audit.retention import AuditRetention
-from gateway.audit.shipper import AuditShipper
-from gateway.audit.syslog import SyslogSender
 
 
 @dataclass(frozen=True, slots=True)
 class AuditTrail:
     journal: AuditJournal
     classifier: Classifier
-    shipper: AuditShipper | None = None
-    sender: SyslogSender | None = None
+    shipper: ShipperProcess | None = None
     retention: AuditRetention | None = None
 
     async def start(self) -> None:
@@ -35,5 +34,3 @@ class AuditTrail:
             await self.retention.stop()
         if self.shipper is not None:
             await self.shipper.stop()
-        if self.sender is not None:
-            await self.sender.aclose()

@@ -2,14 +2,11 @@
 at least once, in order, failed sends are retried later, and a shipper that dies mid-batch loses nothing.
 
 `send` here is the transport's place: a list that takes the messages, or fails, or never returns. The syslog
-transport itself is tested against a real rsyslog in test_syslog.py. The messages can be written in a process of
-the shipper's own (the gateway does so); one that dies is replaced."""
+transport itself is tested against a real rsyslog in test_syslog.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -113,35 +110,3 @@ async def test_a_shipper_that_dies_mid_batch_leaves_its_records_to_the_next(stor
     finally:
         await second.stop()
 
-
-def render_with_pid(record: StoredAudit) -> bytes:
-    return f"{os.getpid()}:{record.id}".encode()
-
-
-async def test_messages_can_be_written_in_a_process_of_their_own_which_is_replaced_when_it_dies(
-        store: AuditStore) -> None:
-    ids = await add(store, 3)
-    sent: list[bytes] = []
-
-    async def send(messages: list[bytes]) -> None:
-        sent.extend(messages)
-
-    shipper = AuditShipper(store=store, render=render_with_pid, send=send, policy=POLICY, render_apart=True)
-    await shipper.start()
-    try:
-        await until(lambda: len(sent) == 3, timeout=30)  # the worker starts (spawn) before the first batch
-        pids = {m.split(b":")[0] for m in sent}
-        assert len(pids) == 1
-        assert pids != {str(os.getpid()).encode()}  # not this process
-        assert [int(m.split(b":")[1]) for m in sent] == ids
-        os.kill(int(pids.pop()), signal.SIGKILL)  # the rendering process dies
-        more = await add(store, 2)
-        shipper.wake()
-        await until(lambda: len(sent) == 5, timeout=30)  # written here, and a new worker started for the next
-        assert [int(m.split(b":")[1]) for m in sent[3:]] == more
-        await add(store, 1)
-        shipper.wake()
-        await until(lambda: len(sent) == 6, timeout=30)
-        assert sent[5].split(b":")[0] not in (str(os.getpid()).encode(), sent[0].split(b":")[0])
-    finally:
-        await shipper.stop()
