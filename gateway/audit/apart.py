@@ -117,7 +117,10 @@ class ShipperProcess:
         loop.remove_reader(process.sentinel)
         if self._stopping or process is not self._process:
             return
-        process.join(0)
+        process.join(1.0)  # its sentinel closed: it is exiting, and reaped within milliseconds
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
         log.warning("audit_shipper_exited", exitcode=process.exitcode, restart_in_s=self._restart_s)
         process.close()
         self._process = None
