@@ -125,12 +125,12 @@ def upstream_client(settings: Settings, metrics: Metrics) -> UpstreamClient:
 def audit_trail(settings: Settings, store: AuditStore) -> AuditTrail:
     shipper = retention = None
     if settings.audit_syslog_url is not None:
-        # In a process of its own (audit.apart). A lease (30 s) covers a send (10 s at most); records gather 0.2 s
-        # after a commit wakes the shipper.
-        shipper = ShipperProcess(ShipperConfig(
+        # In a process of its own (audit.apart). A lease (30 s) covers a send (10 s at most); commits gather 0.2 s
+        # before the child is woken (the child itself does not wait after a wake).
+        shipper = ShipperProcess(gather_s=0.2, config=ShipperConfig(
             database_url=settings.database_url, syslog_url=settings.audit_syslog_url,
             rendering=SyslogRendering(source_id=settings.audit_source_id, hostname=_syslog_hostname()),
-            policy=ShipPolicy(batch=100, lease_s=30.0, poll_s=1.0, gather_s=0.2, retry_base_s=1.0,
+            policy=ShipPolicy(batch=100, lease_s=30.0, poll_s=1.0, gather_s=0.0, retry_base_s=1.0,
                               retry_max_s=300.0),
             log_level=settings.log_level, log_format=settings.log_format, ca_file=settings.audit_syslog_ca_file,
             cert_file=settings.audit_syslog_cert_file, key_file=settings.audit_syslog_key_file))

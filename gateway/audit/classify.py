@@ -12,7 +12,7 @@ Routes outside the table (health, metrics, `/uid`, the API description) are not 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gateway.audit.recorder import Exchange
 from gateway.audit.records import (
@@ -145,8 +145,9 @@ class Classifier:
         if named:
             exchange.facts.patient_id = named[0]
         actor = exchange.facts.actor or Actor(subject="")
-        if exchange.client is not None:
-            actor = replace(actor, address=exchange.client)
+        if exchange.client is not None and exchange.client != actor.address:
+            actor = Actor(subject=actor.subject, roles=actor.roles, issuer=actor.issuer, address=exchange.client,
+                          is_requestor=actor.is_requestor)  # not dataclasses.replace: a fifth of the record's time
         context = _Context(exchange, actor, self._peer)
         if exchange.status == 401:
             return context.record(ALERT, alert=AlertType.NODE_AUTHENTICATION,

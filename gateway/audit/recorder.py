@@ -10,6 +10,7 @@ Routes the classifier returns no record for (health, metrics, the docs) are pass
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,11 +59,13 @@ def row_of(record: AuditRecord) -> AuditRow:
                     subject=_column(record.actor.subject or None, 256), record=record.to_json())
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: no database column takes them
+
+
 def _column(value: str | None, width: int) -> str | None:
     if value is None:
         return None
-    clean = "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
-    return clean[:width]
+    return _UNSTORABLE.sub("\ufffd", value[:width])
 
 
 class AuditMiddleware:
@@ -139,7 +142,8 @@ def client_address(scope: Scope, trusted: frozenset[str]) -> str | None:
 
 
 def _query(scope: Scope) -> list[tuple[str, str]]:
-    return parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    raw = scope.get("query_string", b"")
+    return parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else []
 
 
 async def _send_unavailable(scope: Scope, receive: Receive, send: Send, exc: AuditUnavailable) -> None:
