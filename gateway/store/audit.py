@@ -75,11 +75,13 @@ class StoredAudit:
 
 class AuditStore:
     def __init__(self, engine: AsyncEngine, *, inline: bool = True) -> None:
-        """`inline`: on SQLite, records are committed on the event loop without an fsync (`store.db.InlineSqlite`);
-        otherwise in the writer's thread, synced to the disk (`synchronous=FULL`)."""
+        """`inline`: on SQLite, records are committed on the event loop without an fsync (`store.db.InlineSqlite`),
+        and the other transactions (leases, marks, purges, a batch that found the lock held) in the writer's thread
+        without one either: one of them syncing while it holds the lock would hold up every inline commit behind
+        it. Otherwise all of them run in the writer's thread, synced to the disk (`synchronous=FULL`)."""
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._writer = SqliteWriter(engine) if SqliteWriter.serves(engine) else None
+        self._writer = SqliteWriter(engine, synced=not inline) if SqliteWriter.serves(engine) else None
         self._inline = InlineSqlite(str(engine.url.database)) if self._writer is not None and inline else None
         self._checkpointing: asyncio.Task[None] | None = None
 

@@ -59,8 +59,11 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(full, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _sqlite_transactions(engine: Engine) -> None:
-    """The SQLite settings every connection of `engine` gets, and BEGIN IMMEDIATE for every transaction."""
+def _sqlite_transactions(engine: Engine, *, synced: bool = True) -> None:
+    """The SQLite settings every connection of `engine` gets, and BEGIN IMMEDIATE for every transaction.
+
+    `synced`: each commit waits for the disk (`synchronous=FULL`: it survives a power cut); otherwise it is written
+    into the log without an fsync (`NORMAL`: it survives the process, not the host)."""
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: object, _record: object) -> None:
@@ -68,9 +71,9 @@ def _sqlite_transactions(engine: Engine) -> None:
         # recipe for SQLite transactions).
         dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-        # WAL: readers do not block the writer; synchronous=FULL: a committed event survives a power cut.
+        # WAL: readers do not block the writer.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
@@ -91,10 +94,10 @@ class SqliteWriter:
     turns in the order they came, and never wait in SQLite's busy handler for each other.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, synced: bool = True) -> None:
         url = engine.url.set(drivername="sqlite+pysqlite")
         self._engine = sqlalchemy.create_engine(url, connect_args={"timeout": 30})
-        _sqlite_transactions(self._engine)
+        _sqlite_transactions(self._engine, synced=synced)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._raw: Any = None  # the DB-API connection of `insert`, opened in the writer's thread
         self._closed = False
