@@ -170,6 +170,8 @@ async def test_sqlite_commits_a_batch_on_the_loop_unsynced_by_default(sqlite_eng
         assert len(ids) == 2
         assert store._inline is not None
         assert store._inline._connect().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: no fsync
+        assert store._writer is not None  # nor in the thread's transactions (leases, marks, a batch that waited)
+        assert await store._writer.run(lambda c: c.exec_driver_sql("PRAGMA synchronous").scalar()) == 1
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(str(sqlite_engine.url.database))) as other:
