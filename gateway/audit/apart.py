@@ -63,7 +63,7 @@ class ShipperProcess:
         self._gather_s = gather_s  # how long commits gather before the child is woken
         self._wake_due: asyncio.TimerHandle | None = None
         self._process: BaseProcess | None = None
-        self._wake_fd: int | None = None  # the pipe's write end: a byte per wake, non-blocking
+        self._wakes: Connection | None = None  # the pipe's write end: a byte per wake, non-blocking
         self._stopping = False
         self._restart_s = 1.0
         self._restarting: asyncio.TimerHandle | None = None
@@ -87,10 +87,10 @@ class ShipperProcess:
 
     def _send_wake(self) -> None:
         self._wake_due = None
-        if self._wake_fd is not None:
+        if self._wakes is not None:
             # A full pipe means a wake is already pending: nothing is lost by dropping this one.
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self._wake_fd, b"\0")
+                os.write(self._wakes.fileno(), b"\0")
 
     async def stop(self) -> None:
         """Tell the child to stop (the pipe's end of file), wait for it to finish its batch, kill it after 10 s."""
@@ -103,6 +103,7 @@ class ShipperProcess:
         self._close_pipe()
         if process is None:
             return
+        asyncio.get_running_loop().remove_reader(process.sentinel)  # no _exited for a child told to stop
         await asyncio.to_thread(process.join, _STOP_TIMEOUT_S)
         if process.is_alive():
             log.warning("audit_shipper_killed", timeout_s=_STOP_TIMEOUT_S)
@@ -118,8 +119,7 @@ class ShipperProcess:
         process.start()
         reader.close()  # the child holds its own copy
         os.set_blocking(writer.fileno(), False)
-        self._wake_fd = os.dup(writer.fileno())
-        writer.close()
+        self._wakes = writer
         self._process = process
         self.starts += 1
         asyncio.get_running_loop().add_reader(process.sentinel, self._exited, process)
@@ -147,9 +147,9 @@ class ShipperProcess:
             self._spawn()
 
     def _close_pipe(self) -> None:
-        if self._wake_fd is not None:
-            os.close(self._wake_fd)
-            self._wake_fd = None
+        if self._wakes is not None:
+            self._wakes.close()
+            self._wakes = None
 
 
 def run(config: ShipperConfig, wakes: Connection) -> None:

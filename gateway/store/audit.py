@@ -84,6 +84,7 @@ class AuditStore:
         self._writer = SqliteWriter(engine, synced=not inline) if SqliteWriter.serves(engine) else None
         self._inline = InlineSqlite(str(engine.url.database)) if self._writer is not None and inline else None
         self._checkpointing: asyncio.Task[None] | None = None
+        self._checkpointed_at = time.monotonic()
 
     async def close(self) -> None:
         if self._checkpointing is not None:
@@ -114,8 +115,7 @@ class AuditStore:
             except SqliteBusy:
                 pass  # another writer holds the lock: wait for it in the writer's thread, not on the loop
             else:
-                if self._writer is not None:
-                    self._checkpoint_soon(self._inline, self._writer)
+                self._checkpoint_soon()
                 return ids
         if self._writer is not None:
             return await self._writer.insert(audit_records, values)
@@ -126,13 +126,13 @@ class AuditStore:
 
         return await self._write(insert)
 
-    def _checkpoint_soon(self, inline: InlineSqlite, writer: SqliteWriter) -> None:
+    def _checkpoint_soon(self) -> None:
         """At most once a second, copy the log the inline commits wrote into the database file, in the writer's
         thread (a checkpoint copies pages and syncs: not on the loop)."""
-        if time.monotonic() - inline.last_checkpoint < 1.0 or self._checkpointing is not None:
+        if self._writer is None or self._checkpointing is not None or time.monotonic() - self._checkpointed_at < 1.0:
             return
-        inline.last_checkpoint = time.monotonic()
-        self._checkpointing = asyncio.create_task(writer.checkpoint())
+        self._checkpointed_at = time.monotonic()
+        self._checkpointing = asyncio.create_task(self._writer.checkpoint())
         self._checkpointing.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, task: asyncio.Task[None]) -> None:

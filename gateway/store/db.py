@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -130,30 +129,20 @@ class SqliteWriter:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._checkpoint)
 
     def _checkpoint(self) -> None:
-        if self._raw is None:
-            self._raw = self._engine.raw_connection()
-        self._raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        self._kept().cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
     def _insert(self, sql: str, rows: Sequence[Mapping[str, object]]) -> list[int]:
-        if self._raw is None:
-            self._raw = self._engine.raw_connection()  # the connect event's settings (WAL, FULL, no auto-BEGIN)
-        cursor = self._raw.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
-            ids = []
-            for row in rows:
-                cursor.execute(sql, row)
-                ids.append(int(cursor.fetchone()[0]))
-            cursor.execute("COMMIT")
+            return insert_rows(self._kept().cursor(), sql, rows)
         except BaseException:
-            with contextlib.suppress(Exception):
-                cursor.execute("ROLLBACK")
             self._discard()  # whatever failed (a full disk, a lost file), the next batch starts on a new connection
             raise
-        finally:
-            with contextlib.suppress(Exception):
-                cursor.close()
-        return ids
+
+    def _kept(self) -> Any:
+        """The DB-API connection this thread keeps: the connect event's settings (WAL, the sync, no auto-BEGIN)."""
+        if self._raw is None:
+            self._raw = self._engine.raw_connection()
+        return self._raw
 
     def _discard(self) -> None:
         if self._raw is not None:
@@ -178,6 +167,32 @@ def insert_sql(table: Table, columns: tuple[str, ...]) -> str:
     return str(statement.compile(dialect=_NAMED_PARAMETERS))
 
 
+def insert_rows(cursor: Any, sql: str, rows: Sequence[Mapping[str, object]]) -> list[int]:
+    """Run `sql` (an `insert_sql`) for each row in one `BEGIN IMMEDIATE` transaction on a DB-API cursor; the ids.
+    A failure rolls back and raises; `SqliteBusy` when the write lock could not be taken, nothing run."""
+    try:
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise SqliteBusy from exc
+            raise
+        try:
+            ids = []
+            for row in rows:
+                cursor.execute(sql, row)
+                ids.append(int(cursor.fetchone()[0]))
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cursor.execute("ROLLBACK")
+            raise
+        return ids
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()
+
+
 class SqliteBusy(Exception):
     """Another connection holds SQLite's write lock: the transaction was not run."""
 
@@ -196,29 +211,17 @@ class InlineSqlite:
     def __init__(self, path: str) -> None:
         self._path = path
         self._connection: sqlite3.Connection | None = None
-        self.last_checkpoint = time.monotonic()
 
     def insert(self, table: Table, rows: Sequence[Mapping[str, object]]) -> list[int]:
         if not rows:
             return []
-        sql = insert_sql(table, tuple(rows[0]))
-        connection = self._connect()
         try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise SqliteBusy from exc
-            self.close()
-            raise
-        try:
-            ids = [int(connection.execute(sql, row).fetchone()[0]) for row in rows]
-            connection.execute("COMMIT")
+            return insert_rows(self._connect().cursor(), insert_sql(table, tuple(rows[0])), rows)
+        except SqliteBusy:
+            raise  # the connection is fine: the lock was another's
         except BaseException:
-            with contextlib.suppress(Exception):
-                connection.execute("ROLLBACK")
             self.close()  # whatever failed, the next transaction starts on a new connection
             raise
-        return ids
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:

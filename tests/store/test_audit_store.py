@@ -212,7 +212,7 @@ async def test_power_durability_commits_in_the_writer_thread_synced(sqlite_engin
         await store.close()
 
 
-async def test_inline_commits_reach_the_database_file_by_checkpoints_off_the_loop(sqlite_engine: AsyncEngine) -> None:
+async def test_inline_commits_reach_the_database_file_by_periodic_checkpoints(sqlite_engine: AsyncEngine) -> None:
     path = str(sqlite_engine.url.database)
     store = AuditStore(sqlite_engine)
 
