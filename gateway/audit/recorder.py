@@ -77,6 +77,7 @@ class AuditMiddleware:
         self._classify = classify
         self._route_of = route_of
         self._request_id_of = request_id_of
+        self._in_flight = 0  # requests inside this middleware: one alone has no other record to share a commit with
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,6 +85,7 @@ class AuditMiddleware:
             return
         facts = AuditFacts()
         token = enter_facts(facts)
+        self._in_flight += 1
         arrived = dict(scope)  # routing changes the scope (a Mount moves root_path): route from the scope as it came
         replaced = False
 
@@ -104,6 +106,7 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_after_record)
         finally:
+            self._in_flight -= 1
             leave_facts(token)
 
     async def _record(self, arrived: Scope, routed: Scope, status: int, facts: AuditFacts) -> None:
@@ -115,7 +118,7 @@ class AuditMiddleware:
         )
         record = self._classify(exchange)
         if record is not None:
-            await self._journal.write(row_of(record))
+            await self._journal.write(row_of(record), alone=self._in_flight == 1)
 
 
 def client_address(scope: Scope, trusted: frozenset[str]) -> str | None:

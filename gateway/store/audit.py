@@ -101,23 +101,25 @@ class AuditStore:
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
+    def add_now(self, rows: Sequence[AuditRow]) -> list[int] | None:
+        """Store `rows` in one transaction on the caller's thread, if that takes no waiting: on SQLite's inline
+        connection with the write lock free. Their ids, in order; None when it cannot be done so (then `add_many`)."""
+        if self._inline is None:
+            return None
+        try:
+            ids = self._inline.insert(audit_records, _values(rows))
+        except SqliteBusy:
+            return None  # another writer holds the lock
+        self._checkpoint_soon()
+        return ids
+
     async def add_many(self, rows: Sequence[AuditRow]) -> list[int]:
         """Store `rows` in one transaction (one commit); their ids, in order."""
-        now = time.time()
-        values = [{"recorded_at": row.recorded_at, "request_id": row.request_id, "event": row.event,
-                   "outcome": row.outcome, "patient_id": row.patient_id, "study_uid": row.study_uid,
-                   "subject": row.subject, "record": row.record, "ship_state": PENDING, "ship_attempts": 0,
-                   "next_ship_at": now} for row in rows]
-
-        if self._inline is not None:
-            try:
-                ids = self._inline.insert(audit_records, values)
-            except SqliteBusy:
-                pass  # another writer holds the lock: wait for it in the writer's thread, not on the loop
-            else:
-                self._checkpoint_soon()
-                return ids
-        if self._writer is not None:
+        ids = self.add_now(rows)
+        if ids is not None:
+            return ids
+        values = _values(rows)
+        if self._writer is not None:  # the lock was held, or every commit is synced: wait in the writer's thread
             return await self._writer.insert(audit_records, values)
 
         def insert(conn: Connection) -> list[int]:
@@ -206,6 +208,15 @@ class AuditStore:
             return len(ids)
 
         return await self._write(purge)
+
+
+def _values(rows: Sequence[AuditRow]) -> list[dict[str, object]]:
+    """The rows as the table's columns, each due for shipping now."""
+    now = time.time()
+    return [{"recorded_at": row.recorded_at, "request_id": row.request_id, "event": row.event,
+             "outcome": row.outcome, "patient_id": row.patient_id, "study_uid": row.study_uid,
+             "subject": row.subject, "record": row.record, "ship_state": PENDING, "ship_attempts": 0,
+             "next_ship_at": now} for row in rows]
 
 
 def _stored(r: Row[Any]) -> StoredAudit:

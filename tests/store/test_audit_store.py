@@ -232,3 +232,67 @@ async def test_inline_commits_reach_the_database_file_by_periodic_checkpoints(sq
             await store.add_many([row(2)])  # a commit a second after the last checkpoint starts one
     finally:
         await store.close()
+
+
+# --- SQLite: a request alone commits in its own turn of the loop ------------------------------------------------------
+
+
+def _run_without_yielding(coroutine: object) -> object:
+    """Drive `coroutine` by hand: its result if it finished without once handing control back to the event loop."""
+    try:
+        coroutine.send(None)  # type: ignore[attr-defined]
+    except StopIteration as finished:
+        return finished.value
+    coroutine.close()  # type: ignore[attr-defined]
+    raise AssertionError("the write waited for a turn of the event loop")
+
+
+async def test_a_record_alone_is_committed_in_its_requests_own_turn(sqlite_engine: AsyncEngine) -> None:
+    journal = AuditJournal(store=AuditStore(sqlite_engine))
+    await journal.start()
+    try:
+        record_id = _run_without_yielding(journal.write(row(1), alone=True))
+        assert isinstance(record_id, int)
+        assert journal.commits == 1
+        waiting = journal.write(row(2))  # not alone: it joins the next batch, committed by the journal's task
+        with pytest.raises(AssertionError, match="waited"):
+            _run_without_yielding(waiting)
+        assert await journal.write(row(3)) > record_id
+    finally:
+        await journal.stop()
+    stored = await AuditStore(sqlite_engine).search(patient_id=None, since=None, until=None, limit=10)
+    assert [s.row.request_id for s in stored] == ["r1", "r2", "r3"]  # r2's writer gave up; its record was kept
+
+
+async def test_a_record_alone_waits_its_turn_behind_queued_ones_and_a_held_lock(sqlite_engine: AsyncEngine) -> None:
+    journal = AuditJournal(store=AuditStore(sqlite_engine))
+    await journal.start()
+    holder = sqlite3.connect(str(sqlite_engine.url.database), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the lock is another's: the record cannot be committed without waiting
+        held = asyncio.create_task(journal.write(row(1), alone=True))
+        await asyncio.sleep(0.1)
+        assert not held.done()
+        behind = asyncio.create_task(journal.write(row(2), alone=True))  # a batch is being committed: it queues
+        await asyncio.sleep(0.1)
+        holder.execute("COMMIT")
+        first, second = await asyncio.wait_for(asyncio.gather(held, behind), 10)
+        assert first < second  # committed in the order they came
+    finally:
+        holder.close()
+        await journal.stop()
+
+
+async def test_a_record_alone_fails_closed_when_the_store_fails(sqlite_engine: AsyncEngine) -> None:
+    store = AuditStore(sqlite_engine)
+    journal = AuditJournal(store=store)
+    await journal.start()
+    try:
+        assert store._inline is not None
+        store._inline._path = "/nonexistent-dir-for-audit/x.db"  # the database goes away under the journal
+        store._inline.close()
+        with pytest.raises(AuditUnavailable) as refused:
+            await journal.write(row(1), alone=True)
+        assert refused.value.status_code == 503
+    finally:
+        await journal.stop()
