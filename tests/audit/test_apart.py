@@ -1,6 +1,7 @@
 """The shipper's own process (`gateway.audit.apart`), against a real rsyslogd, on SQLite and PostgreSQL: records
-the journal commits are shipped by the child once woken; a child that dies is started again and ships what came
-meanwhile; a child whose gateway went away (the pipe's end of file, as after a `kill -9`) exits by itself."""
+the journal commits are shipped by the child once woken, at a lower priority than the gateway's; a child that dies
+is started again and ships what came meanwhile; a child whose gateway went away (the pipe's end of file, as after
+a `kill -9`) exits by itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.audit.apart import ShipperConfig, ShipperProcess
+from gateway.audit.apart import NICENESS, ShipperConfig, ShipperProcess
 from gateway.audit.journal import AuditJournal
 from gateway.audit.shipper import ShipPolicy, SyslogRendering
 from gateway.store.audit import AuditStore
@@ -66,6 +67,9 @@ async def test_the_child_ships_what_was_committed_and_is_started_again_when_it_d
         assert first != os.getpid()
         await write(journal, range(10))
         await asyncio.to_thread(rsyslog.wait_for, 10, 30.0)  # woken by the commits, not the 5 s poll
+        # Below the serving process: shipping takes the CPU the requests leave.
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, first) == min(19, ours + NICENESS)
         os.kill(first, signal.SIGKILL)
         await write(journal, range(10, 15))  # committed while no child runs
         received = await asyncio.to_thread(rsyslog.wait_for, 15, 30.0)
