@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import re
 import ssl
 import struct
 import termios
@@ -70,9 +71,12 @@ class SyslogUnavailable(Exception):
     """
 
 
+_PRINTABLE_ASCII = re.compile("[!-~]+")  # PRINTUSASCII (RFC 5424 §6): %d33-126, at least one
+
+
 def _header_field(name: str, value: str) -> str:
     limit = _FIELD_LIMITS[name]
-    if not 1 <= len(value) <= limit or not all(33 <= ord(char) <= 126 for char in value):
+    if len(value) > limit or _PRINTABLE_ASCII.fullmatch(value) is None:
         raise ValueError(f"syslog {name.upper().replace('_', '-')} must be 1-{limit} printable US-ASCII "
                          f"characters without spaces (RFC 5424 §6), or '-': {value!r}")
     return value

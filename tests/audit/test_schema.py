@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.messages import serialize, to_xml
+from gateway.audit.messages import to_xml
 from gateway.audit.records import (
     Action,
     Actor,
@@ -216,7 +216,8 @@ def test_a_damaged_message_is_refused(name: str, tmp_path: Path) -> None:
     assert _xmllint(data, tmp_path).returncode == 0  # undamaged, it validates
     root = ET.fromstring(data)  # noqa: S314 -- the gateway's own output
     damage(root)
-    ran = _xmllint(b'<?xml version="1.0" encoding="UTF-8"?>\n' + serialize(root).encode("utf-8"), tmp_path)
+    damaged = ET.tostring(root, encoding="unicode").encode("utf-8")
+    ran = _xmllint(b'<?xml version="1.0" encoding="UTF-8"?>\n' + damaged, tmp_path)
     assert ran.returncode == 3, ran.stderr  # xmllint's "validation failed", not a schema or parse error
     assert "fails to validate" in ran.stderr, ran.stderr
 
