@@ -79,7 +79,13 @@ def build(settings: Settings) -> Components:
     follower = None
     if settings.new_exam_detection == "orthanc-changes":
         follower = OrthancChangeFollower(upstream=upstream, store=store, subscribers=settings.subscribers,
-                                         poll_s=settings.new_exam_poll_s, on_events=worker.wake)
+                                         poll_s=settings.new_exam_poll_s, on_events=worker.wake, metrics=metrics)
+
+    async def count_deliveries() -> None:
+        for state, count in (await store.counts()).items():
+            metrics.deliveries.labels(state).set(count)
+
+    metrics.on_scrape(count_deliveries)
     token = settings.callback_auth_token
     callbacks = Callbacks(store=store, worker=worker, subscribers=settings.subscribers, authenticator=authenticator,
                           auth_token=token.get_secret_value() if token else None)

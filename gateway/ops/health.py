@@ -24,7 +24,7 @@ def routes(upstream: UpstreamClient, metrics: Metrics) -> list[Route]:
         return JSONResponse({"status": "ready", "upstream": upstream.profile.name.value})
 
     async def metrics_text(request: Request) -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
+        return Response(await metrics.scrape(), media_type=metrics.content_type)
 
     return [
         Route("/-/healthz", healthz, methods=["GET"]),

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Awaitable, Callable
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = structlog.get_logger(__name__)
 
 # Latency buckets from 2.5 ms (a cached QIDO) to 60 s (a large WADO or STOW).
 _BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -30,6 +35,37 @@ class Metrics:
             "gateway_upstream_errors_total", "Upstream failures by operation and kind (timeout, connect, ...).",
             ("operation", "kind"), registry=self.registry,
         )
+        # New-exam detection from a PACS change feed (NEW_EXAM_DETECTION).
+        self.feed_announced = Counter(
+            "gateway_new_exams_announced_total", "Studies announced from a PACS change feed.", ("feed",),
+            registry=self.registry,
+        )
+        self.feed_lag = Gauge(
+            "gateway_new_exam_feed_lag", "Changes in the PACS's feed not yet read: its newest sequence number minus "
+            "the position the gateway has processed.", ("feed",), registry=self.registry,
+        )
+        self.feed_last_poll = Gauge(
+            "gateway_new_exam_feed_last_poll_timestamp_seconds", "Unix time of the last successful poll of the feed.",
+            ("feed",), registry=self.registry,
+        )
+        self.deliveries = Gauge(
+            "gateway_callback_deliveries", "Callback deliveries in the store, by state (read at each scrape).",
+            ("state",), registry=self.registry,
+        )
+        self._on_scrape: list[Callable[[], Awaitable[None]]] = []
+
+    def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run `refresh` before each scrape (gauges read from the store)."""
+        self._on_scrape.append(refresh)
+
+    async def scrape(self) -> bytes:
+        """The metrics, after the refreshes: one that fails leaves its gauges as they were (and is logged)."""
+        for refresh in self._on_scrape:
+            try:
+                await refresh()
+            except Exception as exc:  # noqa: BLE001 - a scrape never fails for one gauge
+                log.warning("metrics_refresh_failed", error=type(exc).__name__)
+        return self.render()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         labels = (route, method, str(status))

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -79,6 +80,16 @@ feed_positions = Table(
     "feed_positions", metadata,
     Column("name", String(64), primary_key=True),
     Column("position", BigInteger, nullable=False),
+    Column("updated_at", _SECONDS, nullable=False),
+)
+# The studies a feed named: `pending` until announced, then `announced` (migration 0004).
+STUDY_PENDING, STUDY_ANNOUNCED = "pending", "announced"
+feed_studies = Table(
+    "feed_studies", metadata,
+    Column("feed", String(64), primary_key=True),
+    Column("study", String(128), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("seen_at", _SECONDS, nullable=False),
     Column("updated_at", _SECONDS, nullable=False),
 )
 
@@ -207,6 +218,57 @@ class EventStore:
                                      .values(position=position, updated_at=now))
         if updated.rowcount == 0:
             await conn.execute(feed_positions.insert().values(name=name, position=position, updated_at=now))
+
+    # -- studies a feed named, until announced ----------------------------------------------------------------------
+
+    async def note_studies(self, feed: str, studies: list[str], position: int) -> int:
+        """Remember `studies` as pending (those already known, pending or announced, are left as they are) and move
+        the feed to `position`, in one transaction; how many were new."""
+        now = time.time()
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    known = set() if not studies else set((await conn.execute(
+                        select(feed_studies.c.study).where(feed_studies.c.feed == feed,
+                                                          feed_studies.c.study.in_(studies)))).scalars())
+                    new = list(dict.fromkeys(study for study in studies if study not in known))
+                    if new:
+                        await conn.execute(feed_studies.insert(), [
+                            {"feed": feed, "study": study, "state": STUDY_PENDING, "seen_at": now, "updated_at": now}
+                            for study in new])
+                    await self._set_position(conn, feed, position)
+                    return len(new)
+            except IntegrityError:  # another replica noted one of them meanwhile: read again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def pending_studies(self, feed: str, limit: int, after: str = "") -> list[str]:
+        """Up to `limit` of the feed's studies not yet announced, in the order of their ids, after `after`."""
+        async with self.engine.connect() as conn:
+            return [str(s) for s in (await conn.execute(
+                select(feed_studies.c.study)
+                .where(feed_studies.c.feed == feed, feed_studies.c.state == STUDY_PENDING,
+                       feed_studies.c.study > after)
+                .order_by(feed_studies.c.study).limit(limit))).scalars()]
+
+    async def announce_study(self, feed: str, study: str, event: NewEvent | None,
+                             subscribers: list[str]) -> bool:
+        """Mark a pending study announced and store its event, in one transaction; with no event (the study is gone
+        from the PACS), forget it. False when it was no longer pending (another replica took it): nothing stored."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            pending = (feed_studies.c.feed == feed, feed_studies.c.study == study,
+                       feed_studies.c.state == STUDY_PENDING)
+            if event is None:
+                gone = await conn.execute(delete(feed_studies).where(*pending))
+                return bool(gone.rowcount)
+            marked = await conn.execute(update(feed_studies).where(*pending)
+                                        .values(state=STUDY_ANNOUNCED, updated_at=now))
+            if not marked.rowcount:
+                return False
+            await self._insert(conn, event, subscribers)
+        return True
 
     # -- deliveries -----------------------------------------------------------------------------------------------
 
@@ -339,7 +401,7 @@ class EventStore:
         return True
 
     async def counts(self) -> dict[str, int]:
-        """Deliveries per state (for metrics and tests)."""
+        """Deliveries per state, every state named (for metrics and tests)."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(deliveries.c.state, func.count()).group_by(deliveries.c.state))).all()
-        return {str(state): int(count) for state, count in rows}
+        return {PENDING: 0, DELIVERED: 0, FAILED: 0, **{str(state): int(count) for state, count in rows}}

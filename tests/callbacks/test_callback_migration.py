@@ -58,7 +58,7 @@ async def store_as_revision_0001(database_url: str, subscriber: str) -> tuple[in
     return event_id, body.encode()
 
 
-NEWEST = "0003"  # the newest revision in gateway/store/migrations/versions (0003: the audit trail)
+NEWEST = "0004"  # the newest revision in gateway/store/migrations/versions (0004: the studies a feed named)
 
 async def schema_revision(database_url: str) -> tuple[str, set[str]]:
     engine = create_engine(database_url)
