@@ -22,6 +22,7 @@ from gateway.audit.routes import AuditEvents
 from gateway.audit.shipper import ShipPolicy, SyslogRendering
 from gateway.audit.trail import AuditTrail
 from gateway.auth.callers import Authenticator, JwksSource, JwtAuthenticator, NoAuthentication, TokenRules
+from gateway.callbacks.azure_feed import AzureChangeFeedFollower, api_version
 from gateway.callbacks.delivery import DeliveryPolicy, DeliveryWorker
 from gateway.callbacks.new_exams import OrthancChangeFollower
 from gateway.callbacks.routes import Callbacks
@@ -59,7 +60,7 @@ class Components:
     audit_events: AuditEvents
     trail: AuditTrail | None  # AUDIT_TRAIL=on: every audited request recorded before it is answered
     worker: DeliveryWorker
-    follower: OrthancChangeFollower | None  # NEW_EXAM_DETECTION=orthanc-changes
+    follower: OrthancChangeFollower | AzureChangeFeedFollower | None  # NEW_EXAM_DETECTION
     callbacks: Callbacks
     exams: Exams
     uploads: ExamUploads
@@ -76,10 +77,15 @@ def build(settings: Settings) -> Components:
     store = EventStore(engine)
     audit = AuditStore(engine, inline=settings.audit_durability == "process")
     worker = DeliveryWorker(store=store, subscribers=settings.subscribers, policy=_delivery_policy(settings))
-    follower = None
-    if settings.new_exam_detection == "orthanc-changes":
+    follower: OrthancChangeFollower | AzureChangeFeedFollower | None = None
+    if settings.new_exam_feed == "orthanc-changes":
         follower = OrthancChangeFollower(upstream=upstream, store=store, subscribers=settings.subscribers,
                                          poll_s=settings.new_exam_poll_s, on_events=worker.wake, metrics=metrics)
+    elif settings.new_exam_feed == "azure-changefeed":
+        follower = AzureChangeFeedFollower(
+            upstream=upstream, store=store, subscribers=settings.subscribers, poll_s=settings.new_exam_poll_s,
+            quiet_s=settings.new_exam_quiet_s, version=api_version(str(settings.pacs_service_url)),
+            on_events=worker.wake, metrics=metrics)
 
     async def count_deliveries() -> None:
         for state, count in (await store.counts()).items():

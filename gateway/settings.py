@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     callback_lease_s: Seconds = 60.0
     callback_poll_s: Seconds = 0.5
     callback_concurrency: int = Field(default=4, ge=1, le=100)
-    new_exam_detection: Literal["none", "orthanc-changes"] = "none"
+    new_exam_detection: Literal["none", "orthanc-changes", "azure-changefeed", "auto"] = "none"
     new_exam_poll_s: Seconds = 1.0
+    new_exam_quiet_s: Seconds = 60.0  # azure-changefeed: a study with no entry for this long is complete
 
     @property
     def subscribers(self) -> list[str]:
@@ -242,6 +243,17 @@ class Settings(BaseSettings):
             raise ValueError("CALLBACK_AUTH_TOKEN must be at least 16 characters")
         if self.new_exam_detection == "orthanc-changes" and self.pacs_profile is not PacsProfileName.ORTHANC:
             raise ValueError("NEW_EXAM_DETECTION=orthanc-changes needs PACS_PROFILE=orthanc")
+        if self.new_exam_detection == "azure-changefeed" and self.pacs_profile is not PacsProfileName.AZURE:
+            raise ValueError("NEW_EXAM_DETECTION=azure-changefeed needs PACS_PROFILE=azure")
+
+    @property
+    def new_exam_feed(self) -> str:
+        """The change feed followed: `auto` picks the profile's (Orthanc's changes, Microsoft's change feed), and
+        none for a PACS without one (it posts callbacks)."""
+        if self.new_exam_detection != "auto":
+            return self.new_exam_detection
+        return {PacsProfileName.ORTHANC: "orthanc-changes",
+                PacsProfileName.AZURE: "azure-changefeed"}.get(self.pacs_profile, "none")
 
     def _check_upstream_auth(self) -> None:
         if (self.pacs_username is None) != (self.pacs_password is None):

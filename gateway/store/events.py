@@ -221,9 +221,10 @@ class EventStore:
 
     # -- studies a feed named, until announced ----------------------------------------------------------------------
 
-    async def note_studies(self, feed: str, studies: list[str], position: int) -> int:
-        """Remember `studies` as pending (those already known, pending or announced, are left as they are) and move
-        the feed to `position`, in one transaction; how many were new."""
+    async def note_studies(self, feed: str, studies: list[str], position: int, *, touch: bool = False) -> int:
+        """Remember `studies` as pending (those already announced are left as they are; with `touch`, the pending
+        ones among them are marked as changed now) and move the feed to `position`, in one transaction; how many
+        were new."""
         now = time.time()
         for attempt in range(3):
             try:
@@ -236,6 +237,10 @@ class EventStore:
                         await conn.execute(feed_studies.insert(), [
                             {"feed": feed, "study": study, "state": STUDY_PENDING, "seen_at": now, "updated_at": now}
                             for study in new])
+                    if touch and known:
+                        await conn.execute(update(feed_studies).where(
+                            feed_studies.c.feed == feed, feed_studies.c.study.in_(known),
+                            feed_studies.c.state == STUDY_PENDING).values(updated_at=now))
                     await self._set_position(conn, feed, position)
                     return len(new)
             except IntegrityError:  # another replica noted one of them meanwhile: read again
@@ -243,14 +248,18 @@ class EventStore:
                     raise
         raise AssertionError("unreachable")
 
-    async def pending_studies(self, feed: str, limit: int, after: str = "") -> list[str]:
-        """Up to `limit` of the feed's studies not yet announced, in the order of their ids, after `after`."""
+    async def pending_studies(self, feed: str, limit: int, after: str = "", quiet_since: float | None = None
+                              ) -> list[str]:
+        """Up to `limit` of the feed's studies not yet announced, in the order of their ids, after `after`; with
+        `quiet_since`, only those not changed since then."""
+        query = (select(feed_studies.c.study)
+                 .where(feed_studies.c.feed == feed, feed_studies.c.state == STUDY_PENDING,
+                        feed_studies.c.study > after)
+                 .order_by(feed_studies.c.study).limit(limit))
+        if quiet_since is not None:
+            query = query.where(feed_studies.c.updated_at <= quiet_since)
         async with self.engine.connect() as conn:
-            return [str(s) for s in (await conn.execute(
-                select(feed_studies.c.study)
-                .where(feed_studies.c.feed == feed, feed_studies.c.state == STUDY_PENDING,
-                       feed_studies.c.study > after)
-                .order_by(feed_studies.c.study).limit(limit))).scalars()]
+            return [str(s) for s in (await conn.execute(query)).scalars()]
 
     async def announce_study(self, feed: str, study: str, event: NewEvent | None,
                              subscribers: list[str]) -> bool:

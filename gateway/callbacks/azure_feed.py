@@ -1,0 +1,233 @@
+"""New-exam detection from Microsoft's DICOM service change feed (`NEW_EXAM_DETECTION=azure-changefeed`).
+
+The service logs every instance stored, updated and deleted (`GET /changefeed`). The feed names instances, not
+studies, and has no "study complete" entry, so the follower groups the entries by study and announces a study once
+its entries have stopped for `NEW_EXAM_QUIET_S`:
+
+1. **Note.** Each page of entries names studies; those with an entry whose `state` is still `Current` are stored as
+   pending (their quiet time restarting), in the same transaction as the new feed position
+   (`EventStore.note_studies(touch=True)`). Entries whose instance was replaced or deleted since are ignored: a
+   study all of whose instances were deleted is never noted.
+2. **Announce.** A pending study quiet for `NEW_EXAM_QUIET_S` (by the gateway's clock, when it read the entries) is
+   looked up by QIDO-RS (the study, then its series with their instance counts); what the archive holds then is the
+   event (`SourceID` `azure-changefeed`, `EventType` `COMPLETED`), stored in the transaction that marks the study
+   announced. A study gone by then is forgotten. A study is announced once, as with Orthanc.
+
+The two API versions page differently (microsoft/dicom-server's stored procedures): v1's `offset` is a **sequence
+number** and a page holds the entries numbered offset+1 to offset+limit, so a gap in the numbers gives a short or
+empty page while later entries exist (the follower then asks `/changefeed/latest` and steps over the gap); v2's
+`offset` counts **entries** (rows skipped, in sequence order). The version is the service URL's (`.../v1`,
+`.../v2`); the stored position is a sequence number under v1 and an entry count under v2, under a feed name of
+each version. Pages are read without metadata: the announcement takes the study from QIDO-RS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from gateway.errors import GatewayError
+from gateway.ops.background import Background
+from gateway.ops.metrics import Metrics
+from gateway.store.events import EventStore, NewEvent
+from gateway.upstream.client import UpstreamClient
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "azure-changefeed"
+PAGE = {1: 100, 2: 200}  # the largest page each version allows
+_VERSION = re.compile(r"/v(\d+)(?:\.\d+)?(?:-[a-z]+)?/?$")
+
+
+def api_version(service_url: str) -> int:
+    """The DICOM service's API version from its URL (`https://…/v2`); 2 when it names none."""
+    found = _VERSION.search(service_url)
+    return 1 if found is not None and found.group(1) == "1" else 2
+
+
+class AzureChangeFeedFollower:
+    def __init__(self, *, upstream: UpstreamClient, store: EventStore, subscribers: list[str], poll_s: float,
+                 quiet_s: float, version: int, on_events: Callable[[], None], metrics: Metrics | None = None) -> None:
+        self._upstream = upstream
+        self._store = store
+        self._subscribers = subscribers
+        self._poll_s = poll_s
+        self._quiet_s = quiet_s
+        self._version = version
+        self._page = PAGE[version]
+        self._feed = f"{SOURCE}-v{version}"
+        self._on_events = on_events
+        self._metrics = metrics
+        self._checked_up_to = ""
+        self._background = Background(SOURCE, self._run)
+
+    async def start(self) -> None:
+        self._background.start()
+
+    async def stop(self) -> None:
+        await self._background.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                more = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except (GatewayError, OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("azure_changefeed_failed", error=type(exc).__name__, message=str(exc)[:200])
+                more = False
+            if not more:
+                await asyncio.sleep(self._poll_s)
+
+    async def step(self) -> bool:
+        """Read one page, note its studies, announce the quiet ones; True when more entries are waiting."""
+        more = await self._read_page()
+        await self._announce_quiet()
+        if self._metrics is not None:
+            self._metrics.feed_last_poll.labels(SOURCE).set(time.time())
+        return more
+
+    async def _latest(self) -> int | None:
+        """The newest entry's sequence number; None for an empty feed."""
+        answer = await self._upstream.request("GET", "changefeed/latest", operation=SOURCE,
+                                              params=[("includeMetadata", "false")])
+        found = answer.json() if answer.status_code == 200 and answer.content.strip() else None
+        return _sequence(found) if isinstance(found, dict) else None
+
+    async def _read_page(self) -> bool:
+        position = await self._store.position(self._feed)
+        if position is None:  # first start: from now on, not the archive's history
+            position = await self._start_position()
+            await self._store.set_position(self._feed, position)
+            log.info("azure_changefeed_started", position=position)
+        answer = await self._upstream.request("GET", "changefeed", operation=SOURCE, params=[
+            ("offset", str(position)), ("limit", str(self._page)), ("includeMetadata", "false")])
+        entries = answer.json() if answer.status_code == 200 else []
+        if not isinstance(entries, list):
+            raise TypeError("the change feed did not answer a list")
+        studies = [str(_field(e, "studyInstanceUid")) for e in entries
+                   if str(_field(e, "state")).lower() == "current" and str(_field(e, "action")).lower() != "delete"]
+        newest: int | None = None
+        if self._version == 2:
+            moved = position + len(entries)
+            more = len(entries) == self._page
+        elif entries:
+            moved = max(_sequence(e) for e in entries)
+            more = True  # the next window may hold more
+        else:  # an empty window: the feed's end, or a gap in the sequence numbers to step over
+            newest = await self._latest()
+            moved = min(position + self._page, newest) if newest is not None and newest > position else position
+            more = moved != position
+        if moved != position or studies:
+            noted = await self._store.note_studies(self._feed, studies, moved, touch=True)
+            log.info("azure_changefeed_read", position=moved, entries=len(entries), new_studies=noted)
+        if self._metrics is not None:
+            self._metrics.feed_lag.labels(SOURCE).set(await self._lag(moved, more, newest))
+        return more
+
+    async def _start_position(self) -> int:
+        if self._version == 1:
+            return await self._latest() or 0
+        count = 0  # v2 counts entries: count them, a page at a time (once, at the very first start)
+        while True:
+            answer = await self._upstream.request("GET", "changefeed", operation=SOURCE, params=[
+                ("offset", str(count)), ("limit", str(self._page)), ("includeMetadata", "false")])
+            got = answer.json() if answer.status_code == 200 else []
+            count += len(got)
+            if len(got) < self._page:
+                return count
+
+    async def _lag(self, position: int, more: bool, newest: int | None) -> int:
+        """Entries (v2) or sequence numbers (v1) the gateway has not read yet: 0 when it keeps up."""
+        if not more:
+            return 0
+        if self._version == 1:
+            latest = newest if newest is not None else await self._latest()
+            return max(0, (latest or position) - position)
+        return self._page  # at least a page behind; v2 gives no cheap count of what is left
+
+    async def _announce_quiet(self) -> None:
+        announced = 0
+        quiet_since = time.time() - self._quiet_s
+        pending = await self._store.pending_studies(self._feed, 100, after=self._checked_up_to,
+                                                    quiet_since=quiet_since)
+        self._checked_up_to = pending[-1] if len(pending) == 100 else ""
+        for study in pending:
+            event = await self._event(study)
+            if await self._store.announce_study(self._feed, study, event, self._subscribers) and event is not None:
+                announced += 1
+        if announced:
+            log.info("azure_studies_announced", studies=announced)
+            if self._metrics is not None:
+                self._metrics.feed_announced.labels(SOURCE).inc(announced)
+            self._on_events()
+
+    async def _event(self, study_uid: str) -> NewEvent | None:
+        """The study as the archive holds it now; None when it holds none of it."""
+        found = await self._upstream.request("GET", "studies", operation=SOURCE, params=[
+            ("StudyInstanceUID", study_uid), ("includefield", "NumberOfStudyRelatedInstances")])
+        if found.status_code != 200 or not (studies := found.json()):
+            return None
+        study: dict[str, Any] = studies[0]
+        listed = await self._upstream.request("GET", f"studies/{study_uid}/series", operation=SOURCE,
+                                              params=[("includefield", "NumberOfSeriesRelatedInstances")])
+        series: list[dict[str, Any]] = listed.json() if listed.status_code == 200 else []
+        modalities = sorted({_value(s, "00080060") for s in series} - {""})
+        body: dict[str, Any] = {
+            "SourceID": SOURCE,
+            "StudyInstanceUID": study_uid,
+            "AccessionNumber": _value(study, "00080050"),
+            "PatientID": _value(study, "00100020"),
+            "NumberOfStudyRelatedSeries": len(series),
+            "NumberOfStudyRelatedInstances": sum(int(_value(s, "00201209") or 0) for s in series),
+            "ModalitiesInStudy": modalities or sorted(_values(study, "00080061")),
+            "AeTitles": [],  # the service does not keep the calling AE title
+            "StationNames": sorted({_value(s, "00081010") for s in series} - {""}),
+            "EventType": "COMPLETED",
+            "StudyDate": _value(study, "00080020"),
+            "StudyTime": _value(study, "00080030"),
+            "StudyID": _value(study, "00200010") or None,
+            "ReferringPhysicianName": _name(study, "00080090"),
+            "StudyDescription": _value(study, "00081030"),
+            "PatientName": _name(study, "00100010"),
+            "PatientBirthDate": _value(study, "00100030"),
+            "PatientSex": _value(study, "00100040"),
+        }
+        return NewEvent(origin=SOURCE, source_id=SOURCE, study_instance_uid=study_uid,
+                        patient_id=body["PatientID"] or None, event_type="COMPLETED", body=body)
+
+
+def _field(entry: object, name: str) -> object:
+    """An entry's field, whatever its case (the service's JSON is camelCase; its documentation writes PascalCase)."""
+    if not isinstance(entry, dict):
+        raise TypeError("a change feed entry is not an object")
+    for key, value in entry.items():
+        if key.lower() == name.lower():
+            return value
+    raise KeyError(name)
+
+
+def _sequence(entry: object) -> int:
+    value = _field(entry, "sequence")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("a change feed entry's sequence is not an integer")
+    return value
+
+
+def _values(item: dict[str, Any], tag: str) -> list[str]:
+    return [str(v) for v in (item.get(tag) or {}).get("Value") or [] if not isinstance(v, dict)]
+
+
+def _value(item: dict[str, Any], tag: str) -> str:
+    found = _values(item, tag)
+    return found[0] if found else ""
+
+
+def _name(item: dict[str, Any], tag: str) -> str:
+    values = (item.get(tag) or {}).get("Value") or []
+    return str(values[0].get("Alphabetic", "")) if values and isinstance(values[0], dict) else ""
