@@ -94,10 +94,11 @@ class Gateway:
         self._subs = subs
         self._values = values
         self._stack: AsyncExitStack | None = None
+        self.client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
         self._stack = AsyncExitStack()
-        await self._stack.enter_async_context(gateway(self._database_url, self._subs, **self._values))
+        self.client = await self._stack.enter_async_context(gateway(self._database_url, self._subs, **self._values))
         await asyncio.sleep(0.2)  # the follower took its starting position
 
     async def stop(self) -> None:
@@ -151,6 +152,11 @@ async def test_a_thousand_instances_over_fifty_studies_give_one_announcement_per
             await wait_until(lambda: all({a["StudyInstanceUID"] for a in announcements([r])} >= remaining
                                          for r in subs), timeout=60)
             await asyncio.sleep(QUIET_S + 0.5)  # time for a second announcement, or one of a deleted study
+            assert gw.client is not None
+            scraped = (await gw.client.get("/-/metrics")).text
+            # Counted since the restart: the studies announced by this gateway process.
+            assert 'gateway_new_exam_feed_lag{feed="azure-changefeed"} 0.0' in scraped
+            assert 'gateway_new_exams_announced_total{feed="azure-changefeed"}' in scraped
         finally:
             await gw.stop()
     for receiver in subs:
