@@ -23,7 +23,6 @@ each version. Pages are read without metadata: the announcement takes the study 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -31,8 +30,7 @@ from typing import Any
 
 import structlog
 
-from gateway.errors import GatewayError
-from gateway.ops.background import Background
+from gateway.callbacks.feeds import FeedFollower
 from gateway.ops.metrics import Metrics
 from gateway.store.events import EventStore, NewEvent
 from gateway.upstream.client import UpstreamClient
@@ -50,47 +48,14 @@ def api_version(service_url: str) -> int:
     return 1 if found is not None and found.group(1) == "1" else 2
 
 
-class AzureChangeFeedFollower:
+class AzureChangeFeedFollower(FeedFollower):
     def __init__(self, *, upstream: UpstreamClient, store: EventStore, subscribers: list[str], poll_s: float,
                  quiet_s: float, version: int, on_events: Callable[[], None], metrics: Metrics | None = None) -> None:
-        self._upstream = upstream
-        self._store = store
-        self._subscribers = subscribers
-        self._poll_s = poll_s
+        super().__init__(source=SOURCE, feed=f"{SOURCE}-v{version}", upstream=upstream, store=store,
+                         subscribers=subscribers, poll_s=poll_s, on_events=on_events, metrics=metrics)
         self._quiet_s = quiet_s
         self._version = version
         self._page = PAGE[version]
-        self._feed = f"{SOURCE}-v{version}"
-        self._on_events = on_events
-        self._metrics = metrics
-        self._checked_up_to = ""
-        self._background = Background(SOURCE, self._run)
-
-    async def start(self) -> None:
-        self._background.start()
-
-    async def stop(self) -> None:
-        await self._background.stop()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                more = await self.step()
-            except asyncio.CancelledError:
-                raise
-            except (GatewayError, OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("azure_changefeed_failed", error=type(exc).__name__, message=str(exc)[:200])
-                more = False
-            if not more:
-                await asyncio.sleep(self._poll_s)
-
-    async def step(self) -> bool:
-        """Read one page, note its studies, announce the quiet ones; True when more entries are waiting."""
-        more = await self._read_page()
-        await self._announce_quiet()
-        if self._metrics is not None:
-            self._metrics.feed_last_poll.labels(SOURCE).set(time.time())
-        return more
 
     async def _latest(self) -> int | None:
         """The newest entry's sequence number; None for an empty feed."""
@@ -100,10 +65,10 @@ class AzureChangeFeedFollower:
         return _sequence(found) if isinstance(found, dict) else None
 
     async def _read_page(self) -> bool:
-        position = await self._store.position(self._feed)
+        position = await self._store.position(self.feed)
         if position is None:  # first start: from now on, not the archive's history
             position = await self._start_position()
-            await self._store.set_position(self._feed, position)
+            await self._store.set_position(self.feed, position)
             log.info("azure_changefeed_started", position=position)
         answer = await self._upstream.request("GET", "changefeed", operation=SOURCE, params=[
             ("offset", str(position)), ("limit", str(self._page)), ("includeMetadata", "false")])
@@ -124,10 +89,9 @@ class AzureChangeFeedFollower:
             moved = min(position + self._page, newest) if newest is not None and newest > position else position
             more = moved != position
         if moved != position or studies:
-            noted = await self._store.note_studies(self._feed, studies, moved, touch=True)
+            noted = await self._store.note_studies(self.feed, studies, moved, touch=True)
             log.info("azure_changefeed_read", position=moved, entries=len(entries), new_studies=noted)
-        if self._metrics is not None:
-            self._metrics.feed_lag.labels(SOURCE).set(await self._lag(moved, more, newest))
+        self._lag(await self._behind(moved, more, newest))
         return more
 
     async def _start_position(self) -> int:
@@ -142,7 +106,7 @@ class AzureChangeFeedFollower:
             if len(got) < self._page:
                 return count
 
-    async def _lag(self, position: int, more: bool, newest: int | None) -> int:
+    async def _behind(self, position: int, more: bool, newest: int | None) -> int:
         """Entries (v2) or sequence numbers (v1) the gateway has not read yet: 0 when it keeps up."""
         if not more:
             return 0
@@ -151,21 +115,9 @@ class AzureChangeFeedFollower:
             return max(0, (latest or position) - position)
         return self._page  # at least a page behind; v2 gives no cheap count of what is left
 
-    async def _announce_quiet(self) -> None:
-        announced = 0
-        quiet_since = time.time() - self._quiet_s
-        pending = await self._store.pending_studies(self._feed, 100, after=self._checked_up_to,
-                                                    quiet_since=quiet_since)
-        self._checked_up_to = pending[-1] if len(pending) == 100 else ""
-        for study in pending:
-            event = await self._event(study)
-            if await self._store.announce_study(self._feed, study, event, self._subscribers) and event is not None:
-                announced += 1
-        if announced:
-            log.info("azure_studies_announced", studies=announced)
-            if self._metrics is not None:
-                self._metrics.feed_announced.labels(SOURCE).inc(announced)
-            self._on_events()
+    async def _complete(self) -> list[str]:
+        """The pending studies with no entry for `quiet_s` (whether the archive still holds them, `_event` says)."""
+        return await self._pending(quiet_since=time.time() - self._quiet_s)
 
     async def _event(self, study_uid: str) -> NewEvent | None:
         """The study as the archive holds it now; None when it holds none of it."""

@@ -23,15 +23,12 @@ start (no stored position) the follower starts at the end of the feed: existing 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from gateway.errors import GatewayError
-from gateway.ops.background import Background
+from gateway.callbacks.feeds import FeedFollower
 from gateway.ops.metrics import Metrics
 from gateway.store.events import EventStore, NewEvent
 from gateway.upstream.client import UpstreamClient
@@ -43,50 +40,16 @@ PAGE = 100
 _NAMES_A_STUDY = frozenset({"NewStudy", "StableStudy"})
 
 
-class OrthancChangeFollower:
+class OrthancChangeFollower(FeedFollower):
     def __init__(self, *, upstream: UpstreamClient, store: EventStore, subscribers: list[str], poll_s: float,
                  on_events: Callable[[], None], metrics: Metrics | None = None) -> None:
-        self._upstream = upstream
-        self._metrics = metrics
-        self._store = store
-        self._subscribers = subscribers
-        self._poll_s = poll_s
-        self._on_events = on_events  # called after events are stored (wakes the delivery worker)
-        self._background = Background("orthanc-changes", self._run)
-        self._checked_up_to = ""  # the pending studies are looked at a page at a time, in the order of their ids
-
-    async def start(self) -> None:
-        self._background.start()
-
-    async def stop(self) -> None:
-        await self._background.stop()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                more = await self.step()
-            except asyncio.CancelledError:
-                raise
-            except (GatewayError, OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("orthanc_changes_failed", error=type(exc).__name__, message=str(exc)[:200])
-                more = False
-            if not more:
-                await asyncio.sleep(self._poll_s)
-
-    async def step(self) -> bool:
-        """Read one page of changes, note the studies it names, announce the pending studies that are stable; True
-        when more pages are waiting."""
-        more = await self._read_page()
-        await self._announce_stable()
-        if self._metrics is not None:
-            self._metrics.feed_last_poll.labels(FEED).set(time.time())
-        return more
+        super().__init__(source=FEED, feed=FEED, upstream=upstream, store=store, subscribers=subscribers,
+                         poll_s=poll_s, on_events=on_events, metrics=metrics)
 
     async def _read_page(self) -> bool:
         position = await self._store.position(FEED)
         if position is None:
-            last = await self._upstream.native_json("changes?last", FEED)
-            position = int(last["Last"]) if isinstance(last, dict) else 0
+            position = await self._newest(0)
             await self._store.set_position(FEED, position)
             log.info("orthanc_changes_started", position=position)
         page = await self._upstream.native_json(f"changes?since={position}&limit={PAGE}", FEED)
@@ -99,9 +62,7 @@ class OrthancChangeFollower:
             noted = await self._store.note_studies(FEED, studies, last)
             log.info("orthanc_changes_read", position=last, studies=noted)
         done = bool(page.get("Done", True))
-        if self._metrics is not None:
-            newest = last if done else await self._newest(last)
-            self._metrics.feed_lag.labels(FEED).set(max(0, newest - last))
+        self._lag(0 if done else await self._newest(last) - last)
         return not done
 
     async def _newest(self, default: int) -> int:
@@ -109,24 +70,14 @@ class OrthancChangeFollower:
         found = await self._upstream.native_json("changes?last", FEED)
         return int(found["Last"]) if isinstance(found, dict) and "Last" in found else default
 
-    async def _announce_stable(self) -> None:
-        """Look at the next page of pending studies (in turn: those still receiving instances do not hold up the
-        others) and announce the stable ones."""
-        announced = 0
-        pending = await self._store.pending_studies(FEED, PAGE, after=self._checked_up_to)
-        self._checked_up_to = pending[-1] if len(pending) == PAGE else ""
-        for study_id in pending:
+    async def _complete(self) -> list[str]:
+        """The pending studies Orthanc reports stable, or no longer has."""
+        complete = []
+        for study_id in await self._pending():
             study = await self._upstream.native_json(f"studies/{study_id}", FEED)
-            if isinstance(study, dict) and not study.get("IsStable", False):
-                continue  # still receiving instances: Orthanc says when it is stable
-            event = await self._event(study_id) if isinstance(study, dict) else None
-            if await self._store.announce_study(FEED, study_id, event, self._subscribers) and event is not None:
-                announced += 1
-        if announced:
-            log.info("orthanc_studies_announced", studies=announced)
-            if self._metrics is not None:
-                self._metrics.feed_announced.labels(FEED).inc(announced)
-            self._on_events()
+            if not isinstance(study, dict) or study.get("IsStable", False):
+                complete.append(study_id)
+        return complete
 
     async def _event(self, study_id: str) -> NewEvent | None:
         study = await self._upstream.native_json(f"studies/{study_id}", FEED)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gateway.callbacks.azure_feed import api_version
+from gateway.settings import SettingsError
 from tests.callbacks.test_callbacks import gateway, of_study
 from tests.conftest import make_settings
 from tests.support.changefeed_simulator import AzureDicomSimulator, azure_simulator
@@ -180,5 +181,5 @@ def test_each_pacs_gets_its_feed(profile: str, detection: str, feed: str) -> Non
 
 @pytest.mark.parametrize(("profile", "detection"), [("orthanc", "azure-changefeed"), ("azure", "orthanc-changes")])
 def test_a_feed_of_another_pacs_is_refused_at_start(profile: str, detection: str) -> None:
-    with pytest.raises(ValueError, match="needs PACS_PROFILE"):
+    with pytest.raises(SettingsError, match="needs PACS_PROFILE"):
         make_settings(pacs_profile=profile, new_exam_detection=detection)
