@@ -6,7 +6,7 @@ instance, it never emits that study's `StableStudy`. The follower notes every st
 each once Orthanc reports it stable, so each test asserts every study announced exactly once: after the kill
 within `StableAge`, within StableAge + poll interval + a second of the restart, and across the restart matrix
 (the gateway, the PACS, both; studies stored before, around and after their stability at the moment of the
-restart), whose table the test prints.
+restart), whose table the test prints; and a `dicom-gateway serve` process SIGKILLed, alone and with Orthanc.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.callbacks.test_callbacks import gateway, of_study, stow_direct
+from tests.callbacks.test_callbacks import gateway, of_study, serve_env, stow_direct
 from tests.support.dicom_factory import generated, new_uid
 from tests.support.orthanc import Orthanc
+from tests.support.processes import GatewayProcess
 from tests.support.receivers import Receiver, receivers, wait_until
 
 STABLE_AGE_S = 2.0  # deploy/dev/orthanc.sh's StableAge
@@ -192,3 +193,30 @@ async def test_every_study_is_announced_once_across_the_restart_matrix(
               + f"   {took[name]:.1f} s")
     assert all(c == [1, 1] for c in counts.values()), counts
     assert all(t <= STABLE_AGE_S + POLL_S + 1.0 + 1.0 for t in took.values()), took  # + the gateway's start
+
+
+async def test_a_gateway_killed_with_sigkill_and_its_pacs_too_still_announce_each_study_once(
+        pacs: Orthanc, subscribers: list[Receiver], tmp_path: Path) -> None:
+    """The matrix above stops the gateway politely; here the `dicom-gateway serve` process is SIGKILLed, once
+    alone and once with Orthanc, each time 0.5 s after a study's last instance (before its stability). On SQLite
+    only (the matrix runs on both databases; this keeps the suite within its time budget)."""
+    database_url = f"sqlite:///{tmp_path / 'events.db'}"
+    env = {**serve_env(database_url, subscribers, **SETTINGS), "PACS_SERVICE_URL": pacs.dicomweb_url}
+    process = GatewayProcess(env, tmp_path / "gw.log")
+    process.start()
+    await asyncio.sleep(0.5)  # the follower has taken its starting position
+    studies: list[str] = []
+    try:
+        for also_pacs in (False, True):
+            studies.append(await asyncio.to_thread(store_study, pacs, f"SIGKILL-{len(studies)}"))
+            await asyncio.sleep(0.5)
+            process.kill()
+            if also_pacs:
+                await asyncio.to_thread(kill_and_restart, pacs)
+            process = GatewayProcess(env, tmp_path / "gw.log")
+            process.start()
+            await wait_until(lambda: all(all(announced(subscribers, s)) for s in studies), timeout=30)
+        await asyncio.sleep(1.5)  # time for a second announcement
+    finally:
+        process.stop()
+    assert [announced(subscribers, s) for s in studies] == [[1, 1], [1, 1]]
