@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from gateway.callbacks.feeds import FeedFollower
+from gateway.errors import UpstreamFailed
 from gateway.ops.metrics import Metrics
 from gateway.store.events import EventStore, NewEvent
 from gateway.upstream.client import UpstreamClient
@@ -57,12 +58,30 @@ class AzureChangeFeedFollower(FeedFollower):
         self._version = version
         self._page = PAGE[version]
 
+    async def _get(self, path: str, params: list[tuple[str, str]]) -> Any:
+        """The JSON of a 200, None for a 204 (nothing there); any other answer raises, so that a refused or
+        throttled read (429) is never taken for an empty page, a gone study or the feed's start."""
+        answer = await self._upstream.request("GET", path, operation=SOURCE, params=params)
+        if answer.status_code == 204:
+            return None
+        if answer.status_code != 200:
+            raise UpstreamFailed("the DICOM service answered the change feed's read unexpectedly",
+                                 {"upstream_status": answer.status_code})
+        return answer.json() if answer.content.strip() else None
+
     async def _latest(self) -> int | None:
         """The newest entry's sequence number; None for an empty feed."""
-        answer = await self._upstream.request("GET", "changefeed/latest", operation=SOURCE,
-                                              params=[("includeMetadata", "false")])
-        found = answer.json() if answer.status_code == 200 and answer.content.strip() else None
+        found = await self._get("changefeed/latest", [("includeMetadata", "false")])
         return _sequence(found) if isinstance(found, dict) else None
+
+    async def _entries(self, offset: int) -> list[Any]:
+        entries = await self._get("changefeed", [("offset", str(offset)), ("limit", str(self._page)),
+                                                 ("includeMetadata", "false")])
+        if entries is None:
+            return []
+        if not isinstance(entries, list):
+            raise TypeError("the change feed did not answer a list")
+        return entries
 
     async def _read_page(self) -> bool:
         position = await self._store.position(self.feed)
@@ -70,11 +89,7 @@ class AzureChangeFeedFollower(FeedFollower):
             position = await self._start_position()
             await self._store.set_position(self.feed, position)
             log.info("azure_changefeed_started", position=position)
-        answer = await self._upstream.request("GET", "changefeed", operation=SOURCE, params=[
-            ("offset", str(position)), ("limit", str(self._page)), ("includeMetadata", "false")])
-        entries = answer.json() if answer.status_code == 200 else []
-        if not isinstance(entries, list):
-            raise TypeError("the change feed did not answer a list")
+        entries = await self._entries(position)
         studies = [str(_field(e, "studyInstanceUid")) for e in entries
                    if str(_field(e, "state")).lower() == "current" and str(_field(e, "action")).lower() != "delete"]
         newest: int | None = None
@@ -99,9 +114,7 @@ class AzureChangeFeedFollower(FeedFollower):
             return await self._latest() or 0
         count = 0  # v2 counts entries: count them, a page at a time (once, at the very first start)
         while True:
-            answer = await self._upstream.request("GET", "changefeed", operation=SOURCE, params=[
-                ("offset", str(count)), ("limit", str(self._page)), ("includeMetadata", "false")])
-            got = answer.json() if answer.status_code == 200 else []
+            got = await self._entries(count)
             count += len(got)
             if len(got) < self._page:
                 return count
@@ -115,20 +128,27 @@ class AzureChangeFeedFollower(FeedFollower):
             return max(0, (latest or position) - position)
         return self._page  # at least a page behind; v2 gives no cheap count of what is left
 
+    def _quiet_since(self) -> float:
+        return time.time() - self._quiet_s
+
     async def _complete(self) -> list[str]:
         """The pending studies with no entry for `quiet_s` (whether the archive still holds them, `_event` says)."""
-        return await self._pending(quiet_since=time.time() - self._quiet_s)
+        return await self._pending(quiet_since=self._quiet_since())
 
     async def _event(self, study_uid: str) -> NewEvent | None:
         """The study as the archive holds it now; None when it holds none of it."""
-        found = await self._upstream.request("GET", "studies", operation=SOURCE, params=[
-            ("StudyInstanceUID", study_uid), ("includefield", "NumberOfStudyRelatedInstances")])
-        if found.status_code != 200 or not (studies := found.json()):
+        studies = await self._get("studies", [("StudyInstanceUID", study_uid),
+                                              ("includefield", "NumberOfStudyRelatedInstances")])
+        if not studies:  # 204: the archive holds none of it
             return None
         study: dict[str, Any] = studies[0]
-        listed = await self._upstream.request("GET", f"studies/{study_uid}/series", operation=SOURCE,
-                                              params=[("includefield", "NumberOfSeriesRelatedInstances")])
-        series: list[dict[str, Any]] = listed.json() if listed.status_code == 200 else []
+        series: list[dict[str, Any]] = []
+        while True:  # QIDO-RS answers at most 200 a page
+            page = await self._get(f"studies/{study_uid}/series", [
+                ("includefield", "NumberOfSeriesRelatedInstances"), ("limit", "200"), ("offset", str(len(series)))])
+            series += page or []
+            if not page or len(page) < 200:
+                break
         modalities = sorted({_value(s, "00080060") for s in series} - {""})
         body: dict[str, Any] = {
             "SourceID": SOURCE,

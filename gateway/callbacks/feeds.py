@@ -58,6 +58,10 @@ class FeedFollower(ABC):
             except (GatewayError, OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("feed_failed", feed=self.source, error=type(exc).__name__, message=str(exc)[:200])
                 more = False
+            except Exception as exc:  # noqa: BLE001 - a database error must not end the follower
+                # The type only: a database error's text quotes its parameters (UIDs, the event's patient).
+                log.warning("feed_failed", feed=self.source, error=type(exc).__name__)
+                more = False
             if not more:
                 await asyncio.sleep(self._poll_s)
 
@@ -85,13 +89,19 @@ class FeedFollower(ABC):
         announced = 0
         for study in await self._complete():
             event = await self._event(study)
-            if await self._store.announce_study(self.feed, study, event, self._subscribers) and event is not None:
+            if await self._store.announce_study(self.feed, study, event, self._subscribers,
+                                                quiet_since=self._quiet_since()) and event is not None:
                 announced += 1
         if announced:
             log.info("feed_studies_announced", feed=self.source, studies=announced)
             if self._metrics is not None:
                 self._metrics.feed_announced.labels(self.source).inc(announced)
             self._on_events()
+
+    def _quiet_since(self) -> float | None:
+        """A PACS whose studies are complete after a quiet time: the time a study's last change must predate (checked
+        again as it is announced: another replica may have seen a change meanwhile). None: no such rule."""
+        return None
 
     @abstractmethod
     async def _read_page(self) -> bool:

@@ -261,14 +261,16 @@ class EventStore:
         async with self.engine.connect() as conn:
             return [str(s) for s in (await conn.execute(query)).scalars()]
 
-    async def announce_study(self, feed: str, study: str, event: NewEvent | None,
-                             subscribers: list[str]) -> bool:
+    async def announce_study(self, feed: str, study: str, event: NewEvent | None, subscribers: list[str], *,
+                             quiet_since: float | None = None) -> bool:
         """Mark a pending study announced and store its event, in one transaction; with no event (the study is gone
-        from the PACS), forget it. False when it was no longer pending (another replica took it): nothing stored."""
+        from the PACS), forget it. False when it was no longer pending (another replica took it), or, with
+        `quiet_since`, changed since then: nothing stored."""
         now = time.time()
         async with self.engine.begin() as conn:
             pending = (feed_studies.c.feed == feed, feed_studies.c.study == study,
-                       feed_studies.c.state == STUDY_PENDING)
+                       feed_studies.c.state == STUDY_PENDING,
+                       *((feed_studies.c.updated_at <= quiet_since,) if quiet_since is not None else ()))
             if event is None:
                 gone = await conn.execute(delete(feed_studies).where(*pending))
                 return bool(gone.rowcount)

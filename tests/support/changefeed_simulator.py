@@ -10,7 +10,8 @@ Written from Microsoft's published documentation (the change feed overview, the 
   numbers, so a gap in the numbers (an identity a failed store used up) gives a short page, or an empty one while
   later entries exist. `limit` 1-100, default 10.
 - `GET /v2/changefeed?startTime=&endTime=&offset=&limit=&includeMetadata=`: the entries with startTime <= timestamp <
-  endTime, in sequence order, `offset` **rows** skipped (`OFFSET @offset ROWS FETCH NEXT @limit ROWS ONLY`).
+  endTime, in order of timestamp then sequence (`GetChangeFeedByTimeV39`), `offset` **rows** skipped
+  (`OFFSET @offset ROWS FETCH NEXT @limit ROWS ONLY`).
   `limit` 1-200, default 100. Without a window: the whole feed.
 - `GET /{v}/changefeed/latest`: the newest entry (v1 by sequence; v2 by timestamp, then sequence); `null` when the
   feed is empty (an assumption: the documentation does not show that answer).
@@ -22,10 +23,13 @@ Written from Microsoft's published documentation (the change feed overview, the 
 - A bad `offset` (not an integer, negative), `limit` (not an integer, out of range), `includeMetadata` (not true or
   false) or time (not a date-time; endTime not after startTime) is `400` with a JSON error body. Unknown query
   parameters are ignored, as ASP.NET's model binding ignores them.
-- QIDO-RS, only what the follower asks: `GET /{v}/studies?StudyInstanceUID=` (study attributes; with
+- QIDO-RS, as far as the follower asks: `GET /{v}/studies?StudyInstanceUID=` (study attributes; with
   `includefield=NumberOfStudyRelatedInstances` that count too) and `GET /{v}/studies/{study}/series` (Modality; with
-  `includefield=NumberOfSeriesRelatedInstances` that count). `204` when nothing matches; any other search
-  parameter is `400`, as the conformance statement lists what may be searched.
+  `includefield=NumberOfSeriesRelatedInstances` that count), both paged by `limit` (1-200, default 100) and
+  `offset`. `204` when nothing matches. The search attributes the conformance statement lists for the level are
+  accepted (only StudyInstanceUID filters here); any other is `400`.
+- Faults: `fail(path, times, status)` answers the next `times` requests whose path ends with `path` with `status`
+  (a 429 of the service's throttling, a 503).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class AzureDicomSimulator:
     entries: list[Entry] = field(default_factory=list)
     instances: dict[str, Instance] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    faults: dict[str, list[int]] = field(default_factory=dict)  # path suffix -> statuses still to answer
     _next: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadedServer | None = None
@@ -99,6 +104,17 @@ class AzureDicomSimulator:
         """Use up `count` sequence numbers without an entry (stores that failed after taking their identity)."""
         with self._lock:
             self._next += count
+
+    def fail(self, path: str, times: int, status: int = 429) -> None:
+        with self._lock:
+            self.faults.setdefault(path, []).extend([status] * times)
+
+    def _fault(self, request: Request) -> Response | None:
+        with self._lock:
+            for suffix, statuses in self.faults.items():
+                if request.url.path.endswith(suffix) and statuses:
+                    return JSONResponse({"error": "injected"}, status_code=statuses.pop())
+        return None
 
     def _take(self) -> int:
         sequence = self._next
@@ -133,6 +149,8 @@ class AzureDicomSimulator:
                 "00080060": {"vr": "CS", "Value": [instance.modality]}}
 
     async def _changefeed(self, request: Request) -> Response:
+        if (fault := self._fault(request)) is not None:
+            return fault
         version = int(request.path_params["version"])
         self.requests.append(str(request.url.path) + "?" + request.url.query)
         default, maximum = LIMITS[version]
@@ -153,10 +171,14 @@ class AzureDicomSimulator:
             else:
                 low = start or datetime.min.replace(tzinfo=UTC)
                 high = end or datetime.max.replace(tzinfo=UTC)
-                page = [e for e in self.entries if low <= e.timestamp < high][offset:offset + limit]
+                window = sorted((e for e in self.entries if low <= e.timestamp < high),
+                                key=lambda e: (e.timestamp, e.sequence))
+                page = window[offset:offset + limit]
             return JSONResponse([self._json(e, metadata) for e in page])
 
     async def _latest(self, request: Request) -> Response:
+        if (fault := self._fault(request)) is not None:
+            return fault
         version = int(request.path_params["version"])
         try:
             metadata = _boolean(request.query_params.get("includeMetadata", "true"))
@@ -169,9 +191,14 @@ class AzureDicomSimulator:
             return JSONResponse(self._json(max(self.entries, key=key), metadata))
 
     async def _studies(self, request: Request) -> Response:
-        allowed = {"StudyInstanceUID", "includefield", "limit", "offset"}
-        if set(request.query_params) - allowed:
+        if (fault := self._fault(request)) is not None:
+            return fault
+        if set(request.query_params) - _STUDY_SEARCH - _PAGING:
             return JSONResponse({"error": "unsupported search parameter"}, status_code=400)
+        try:
+            window = _window(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         wanted = request.query_params.get("StudyInstanceUID")
         counted = "NumberOfStudyRelatedInstances" in request.query_params.getlist("includefield")
         with self._lock:
@@ -189,11 +216,17 @@ class AzureDicomSimulator:
             if counted:
                 item["00201208"] = {"vr": "IS", "Value": [len(instances)]}
             answer.append(item)
-        return Response(json.dumps(answer), media_type="application/dicom+json")
+        return _qido(answer[window])
 
     async def _series(self, request: Request) -> Response:
-        if set(request.query_params) - {"includefield", "limit", "offset"}:
+        if (fault := self._fault(request)) is not None:
+            return fault
+        if set(request.query_params) - _SERIES_SEARCH - _PAGING:
             return JSONResponse({"error": "unsupported search parameter"}, status_code=400)
+        try:
+            window = _window(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         counted = "NumberOfSeriesRelatedInstances" in request.query_params.getlist("includefield")
         with self._lock:
             by_series: dict[str, list[Instance]] = {}
@@ -209,7 +242,7 @@ class AzureDicomSimulator:
             if counted:
                 item["00201209"] = {"vr": "IS", "Value": [len(instances)]}
             answer.append(item)
-        return Response(json.dumps(answer), media_type="application/dicom+json")
+        return _qido(answer[window])
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -222,6 +255,25 @@ class AzureDicomSimulator:
     def url(self, version: int) -> str:
         assert self.server is not None
         return f"{self.server.url}/v{version}"
+
+
+# The conformance statement's searchable attributes: "All Studies", and "Study's Series".
+_STUDY_SEARCH = {"StudyInstanceUID", "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                 "ReferringPhysicianName", "StudyDate", "StudyDescription", "ModalitiesInStudy"}
+_SERIES_SEARCH = {"SeriesInstanceUID", "Modality", "PerformedProcedureStepStartDate", "ManufacturerModelName"}
+_PAGING = {"includefield", "limit", "offset", "fuzzymatching"}
+
+
+def _window(request: Request) -> slice:
+    offset = _integer(request.query_params.get("offset", "0"), "offset", 0, 2**31 - 1)
+    limit = _integer(request.query_params.get("limit", "100"), "limit", 1, 200)
+    return slice(offset, offset + limit)
+
+
+def _qido(answer: list[dict[str, Any]]) -> Response:
+    if not answer:  # also an offset past the results: 204, as the conformance statement says
+        return Response(status_code=204)
+    return Response(json.dumps(answer), media_type="application/dicom+json")
 
 
 def _integer(text: str, name: str, low: int, high: int) -> int:
