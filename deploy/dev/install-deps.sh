@@ -3,7 +3,7 @@
 # Fast no-op when everything is already installed.
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb orthanc-gdcm postgresql curl chromium rsyslog rsyslog-gnutls libxml2-utils)
+PACKAGES=(orthanc orthanc-dicomweb orthanc-gdcm postgresql curl chromium rsyslog rsyslog-gnutls libxml2-utils nginx wrk)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -17,10 +17,12 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "dicom-gateway"
 
 
 class GatewayProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.env = env
         self.log_path = log_path
+        self.args = args  # more `serve` options (`--workers 2`)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -30,7 +32,7 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [str(CONSOLE_SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [str(CONSOLE_SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
@@ -45,6 +47,12 @@ class GatewayProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the gateway did not start: {self.log()}")
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the gateway process was not started")
+        return self._process.pid
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -1,0 +1,1 @@
+"""The benchmark (`run.py`) and the floor under it (`floor.py`)."""
