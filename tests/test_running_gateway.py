@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import httpx
 
 from tests.conftest import REPO_ROOT, gateway_env
 from tests.support.orthanc import Orthanc, free_port
-from tests.support.processes import GatewayProcess
+from tests.support.processes import CONSOLE_SCRIPT, GatewayProcess
 
 
 def wait_for_status(url: str, status: int, timeout: float = 20.0) -> httpx.Response:
@@ -88,3 +89,54 @@ def with_socket_closed(port: int) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"something still listens on port {port}")
+
+
+def test_workers_above_one_on_sqlite_are_refused(tmp_path: Path) -> None:
+    env = gateway_env(pacs_service_url="http://127.0.0.1:1/dicom-web", auth_mode="none",
+                      database_url=f"sqlite:///{tmp_path / 'events.db'}")
+    result = subprocess.run([str(CONSOLE_SCRIPT), "serve", "--port", str(free_port()), "--workers", "2"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--workers above 1 needs DATABASE_URL=postgresql" in result.stderr
+
+
+def test_two_workers_share_the_port_and_stop_together(tmp_path: Path, orthanc: Orthanc, postgres_url: str) -> None:
+    env = gateway_env(pacs_service_url=orthanc.dicomweb_url, pacs_profile="orthanc", auth_mode="none",
+                      database_url=postgres_url)
+    gateway = GatewayProcess(env, tmp_path / "gateway.log", args=("--workers", "2"))
+    with gateway:
+        workers = Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()
+        # uvicorn's supervisor, its two workers, and multiprocessing's resource tracker (which has no socket).
+        serving = [pid for pid in workers if _listens(int(pid), gateway.port)]
+        assert len(serving) == 2, (workers, gateway.log())
+        for _ in range(20):
+            assert httpx.get(f"{gateway.url}/-/ready", timeout=10).status_code == 200
+        gateway.stop()
+    deadline = time.monotonic() + 15  # multiprocessing's resource tracker leaves once its pipe is closed
+    while (left := [pid for pid in workers if _alive(int(pid))]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+    assert gateway.log().count('"event": "gateway_stopped"') == 2, gateway.log()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "(zombie)" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether the process holds a socket listening on the port (from /proc/<pid>/net/tcp and its fds)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A" and fields[9] in inodes:
+            return True
+    return False
