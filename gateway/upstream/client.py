@@ -1,4 +1,4 @@
-"""The one client of the upstream PACS: a pooled aiohttp session, opened and closed by the app's lifespan.
+"""The one client of the upstream PACS: its connection pools, opened and closed by the app's lifespan.
 
 All upstream I/O goes through `UpstreamClient`, which
 - builds URLs with the profile's query encoding (Orthanc needs literal `^ * ? , -`, docs/tests.md),
@@ -6,11 +6,13 @@ All upstream I/O goes through `UpstreamClient`, which
 - maps transport failures to the gateway's errors (`upstream_errors`), and upstream 401/403/5xx to 502,
 - times every exchange for the access log and the metrics.
 
-Why aiohttp and not httpx here: the upstream exchange is on every request's hot path, and on the 2-core machines the
-gateway is sized for, CPU per exchange decides throughput. Measured per QIDO exchange with Orthanc: httpx 0.67-0.95
-ms of CPU, bare httpcore 0.49 ms, aiohttp 0.18 ms. With httpx the QIDO target (70 % of direct at 4 clients) is out of
-reach (docs/decisions.md, docs/benchmarks.md). httpx stays for the low-rate clients (JWKS, OAuth token endpoint)
-and the tests.
+Two pools, because the upstream exchange is on every request's hot path, and on the 2-core machines the gateway is
+sized for, CPU per exchange decides throughput:
+- small exchanges (searches, lookups: a request and an answer read whole) go through `gateway.upstream.exchange`, a
+  lean HTTP/1.1 pool of our own (113-118 µs of CPU per QIDO exchange under uvloop, against aiohttp's 411-450 µs);
+- streams (WADO-RS retrievals, STOW-RS uploads) go through a pooled aiohttp session.
+Each pool holds at most PACS_MAX_CONNECTIONS connections. httpx stays for the low-rate clients (JWKS, OAuth token
+endpoint) and the tests: per exchange it costs more than either (docs/decisions.md, docs/benchmarks.md).
 
 Timeouts: connect (including the wait for a pooled connection) and read (between two chunks) are bounded; the whole
 exchange is not, so a large WADO-RS retrieval streams for as long as bytes keep coming.
@@ -18,6 +20,7 @@ exchange is not, so a large WADO-RS retrieval streams for as long as bytes keep 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -41,6 +44,14 @@ from gateway.errors import (
 )
 from gateway.ops.metrics import Metrics
 from gateway.upstream.auth import UpstreamAuth
+from gateway.upstream.exchange import (
+    Answer,
+    ConnectFailed,
+    ConnectTimedOut,
+    ExchangeError,
+    ExchangePool,
+    ReadTimedOut,
+)
 from gateway.upstream.profiles import UpstreamProfile
 
 # aiohttp's buffer per connection; also the largest chunk a stream hands over at once (fewer, larger chunks cost
@@ -54,6 +65,24 @@ def upstream_errors(operation: str, metrics: Metrics | None = None) -> Iterator[
     kind = None
     try:
         yield
+    except ConnectTimedOut:
+        kind = "connect_timeout"
+        raise UpstreamTimeout(
+            "the PACS did not accept a connection in time", {"operation": operation, "reason": "ConnectTimeout"}
+        ) from None
+    except ReadTimedOut:
+        kind = "timeout"
+        raise UpstreamTimeout(
+            "the PACS did not answer in time", {"operation": operation, "reason": "ReadTimeout"}
+        ) from None
+    except ConnectFailed:
+        kind = "connect"
+        raise UpstreamUnavailable("could not connect to the PACS", {"operation": operation}) from None
+    except ExchangeError as exc:  # closed before a complete answer, or not an HTTP answer
+        kind = "disconnect"
+        raise UpstreamUnavailable(
+            "the PACS closed the connection without a complete answer", {"operation": operation, "reason": exc.reason}
+        ) from None
     except aiohttp.ConnectionTimeoutError:
         kind = "connect_timeout"
         raise UpstreamTimeout(
@@ -162,10 +191,12 @@ class UpstreamClient:
             sock_read=limits.read_s,
         )
         self._ready_timeout = aiohttp.ClientTimeout(total=limits.ready_s)
+        self._limits = limits
         self._max_connections = limits.max_connections
         self._keepalive = limits.keepalive_s
         self._auth = auth
         self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, ExchangePool] = {}  # small exchanges, one pool per origin (DICOMweb, native API)
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
@@ -188,6 +219,9 @@ class UpstreamClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -215,17 +249,43 @@ class UpstreamClient:
                       headers: Mapping[str, str] | None = None, content: bytes | None = None,
                       time_limit: float | None = None) -> UpstreamAnswer:
         """One upstream exchange with its body read (for small answers: QIDO, JSON). Status checked as above."""
-        timeout = aiohttp.ClientTimeout(total=time_limit) if time_limit is not None else None
-        response, started, sent = await self._send(method, path, operation, params, headers, content, timeout)
-        try:
-            with upstream_errors(operation, self.metrics):
-                body = await response.read()
-        finally:
-            response.release()
-        self._record(operation, response.status, started)
-        self._note_rejection(response.status, sent)
-        check_upstream_status(response.status, operation)
-        return UpstreamAnswer(response.status, response.headers, body)
+        answer = await self._exchange(method, self.url(path, params), operation, headers, content, time_limit)
+        check_upstream_status(answer.status, operation)
+        return UpstreamAnswer(answer.status, answer.headers, answer.body)
+
+    async def _exchange(self, method: str, url: URL, operation: str, headers: Mapping[str, str] | None,
+                        content: bytes | None, time_limit: float | None = None) -> Answer:
+        """One small exchange through the lean pool, timed and its failures mapped (status not checked yet)."""
+        self._opened()
+        sent = await self._headers(headers)
+        sent.setdefault("Accept", "*/*")
+        if content is not None:
+            sent.setdefault("Content-Type", "application/octet-stream")
+        pool = self._pool(url)
+        started = time.perf_counter()
+        with upstream_errors(operation, self.metrics):
+            if time_limit is None:
+                answer = await pool.send(method, url.raw_path_qs, sent.items(), content)
+            else:
+                try:
+                    async with asyncio.timeout(time_limit):
+                        answer = await pool.send(method, url.raw_path_qs, sent.items(), content)
+                except TimeoutError:
+                    raise ReadTimedOut("the PACS did not answer in time") from None
+        self._record(operation, answer.status, started)
+        self._note_rejection(answer.status, sent)
+        return answer
+
+    def _pool(self, url: URL) -> ExchangePool:
+        origin = url.origin()
+        key = str(origin)
+        pool = self._pools.get(key)
+        if pool is None:
+            limits = self._limits
+            pool = self._pools[key] = ExchangePool(
+                origin, max_connections=limits.max_connections, connect_s=limits.connect_s, read_s=limits.read_s,
+                pool_s=limits.pool_s, keepalive_s=limits.keepalive_s)
+        return pool
 
     async def open_stream(self, method: str, path: str, *, operation: str, params: Iterable[tuple[str, str]] = (),
                           headers: Mapping[str, str] | None = None,
@@ -279,17 +339,10 @@ class UpstreamClient:
                           ) -> tuple[int, bytes]:
         """Orthanc's native `{method} /{path}` with any answer (`DELETE /instances/{id}`, an attachment's MD5): its
         status and body. Upstream 401/403/5xx raise as everywhere (`check_upstream_status`)."""
-        session = self._opened()
-        sent = await self._headers({"Accept": "application/json"})
-        started = time.perf_counter()
-        with upstream_errors(operation, self.metrics):
-            async with session.request(method, URL(f"{self.native_url}{path}", encoded=True), headers=sent,
-                                       data=content) as response:
-                body = await response.read()
-        self._record(operation, response.status, started)
-        self._note_rejection(response.status, sent)
-        check_upstream_status(response.status, operation)
-        return response.status, body
+        answer = await self._exchange(method, URL(f"{self.native_url}{path}", encoded=True), operation,
+                                      {"Accept": "application/json"}, content)
+        check_upstream_status(answer.status, operation)
+        return answer.status, answer.body
 
     async def native_exists(self, kind: str, resource_id: str) -> bool:
         return await self.native_resource(kind, resource_id) is not None
