@@ -23,6 +23,7 @@ they cannot disagree); `exact_identifier` to a value already text (a query param
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 MATCHING_CHARACTERS = frozenset("*?\\,")
@@ -42,6 +43,7 @@ _JIS_KATAKANA = range(0xA1, 0xE0)  # ISO_IR 13's G1, half-width katakana (read a
 _UTF8 = "ISO_IR 192"
 # Unicode categories of characters that print: letters, marks, digits, punctuation, symbols, and the ASCII space.
 _PRINTABLE = frozenset("LMNPS")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 
 
 class IdentifierError(ValueError):
@@ -85,6 +87,8 @@ def _check_text(text: str, max_length: int) -> None:
         raise IdentifierError("one value, none of * ? \\ , (wildcards, lists and multiple values)")
     if text[0] == " " or text[-1] == " ":
         raise IdentifierError("no padding but one trailing space (no leading space, no run of trailing spaces)")
+    if _PRINTABLE_ASCII.fullmatch(text):
+        return  # the usual case, without a category lookup per character (all of U+0020-U+007E is printable)
     for char in text:
         if char != " " and (char == "\ufffd" or unicodedata.category(char)[0] not in _PRINTABLE):
             raise IdentifierError("printable characters only: no control, escape, format or invisible characters "

@@ -7,8 +7,8 @@ variables it sets are seen by the endpoint, which runs in the same task.
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 
 import structlog
 from starlette.routing import BaseRoute, Match, Mount
@@ -77,10 +77,9 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         # Routing updates the scope (a Mount moves root_path): the template is looked up in the scope as it came.
         arrived = dict(scope)
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or secrets.token_hex(16)  # uuid4().hex's form, without the UUID
         context = RequestContext(request_id=request_id)
         token = enter_request(context)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -110,7 +109,6 @@ class RequestContextMiddleware:
                 **context.facts,
             )
             log.debug("request_target", path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"))
-            structlog.contextvars.unbind_contextvars("request_id")
             leave_request(token)
 
 

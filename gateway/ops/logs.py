@@ -1,8 +1,9 @@
 """Structured logging: one JSON line per event (or a readable console line in development).
 
-The request id is bound in a context variable by the request middleware, so every line logged while a request is
-handled carries it. PHI (patient names, IDs, birth dates) is only ever logged at debug level: nothing in this module
-can tell PHI apart, so callers keep it out of info-and-above events.
+The request id is in the request's context (`gateway.edge.context`), set by the request middleware, so every line
+logged while a request is handled carries it (read from there, rather than through structlog's contextvars merge,
+which copies the whole context at each line). PHI (patient names, IDs, birth dates) is only ever logged at debug
+level: nothing in this module can tell PHI apart, so callers keep it out of info-and-above events.
 """
 
 from __future__ import annotations
@@ -12,15 +13,26 @@ import sys
 from typing import Literal
 
 import structlog
+from structlog.types import EventDict, WrappedLogger
+
+from gateway.edge.context import current_request
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "console"]
 
 
+def add_request_id(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """The current request's id, on every line logged while it is handled."""
+    context = current_request()
+    if context is not None:
+        event.setdefault("request_id", context.request_id)
+    return event
+
+
 def configure_logging(level: LogLevel, fmt: LogFormat) -> None:
     """Configure structlog and the stdlib loggers (uvicorn's) to emit through one renderer to stderr."""
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
