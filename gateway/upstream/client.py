@@ -51,6 +51,7 @@ from gateway.upstream.exchange import (
     ExchangeError,
     ExchangePool,
     ReadTimedOut,
+    Unsendable,
 )
 from gateway.upstream.profiles import UpstreamProfile
 
@@ -78,6 +79,10 @@ def upstream_errors(operation: str, metrics: Metrics | None = None) -> Iterator[
     except ConnectFailed:
         kind = "connect"
         raise UpstreamUnavailable("could not connect to the PACS", {"operation": operation}) from None
+    except Unsendable as exc:
+        kind = "unsendable"
+        raise UpstreamFailed("the request to the PACS could not be written", {"operation": operation,
+                                                                            "reason": exc.reason}) from None
     except ExchangeError as exc:  # closed before a complete answer, or not an HTTP answer
         kind = "disconnect"
         raise UpstreamUnavailable(

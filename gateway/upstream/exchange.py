@@ -13,8 +13,11 @@ What it does, and no more:
   `pool_s`; an idle connection is closed after `keepalive_s` (below Orthanc's own 1 s), or when the upstream says
   `Connection: close`;
 - a connect timeout (`connect_s`) and a read timeout between two reads (`read_s`), one timer per exchange;
-- a GET on a reused connection that the upstream closed before answering (a keep-alive race) is sent again, once,
-  on a new connection. Nothing else is ever retried.
+- an answer head of at most 64 KiB and a whole answer of at most `MAX_ANSWER_BYTES` (128 MiB), counted as bytes
+  arrive; bytes the upstream sends that no request asked for (a second answer) drop the connection, so they can
+  never be read as the next request's answer;
+- an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, as aiohttp) on a reused connection that the upstream
+  closed before answering (a keep-alive race) is sent again, once, on a new connection. Nothing else is retried.
 Failures raise `ExchangeError` subclasses, which `upstream_errors` maps to the gateway's 502 and 504 like aiohttp's.
 """
 
@@ -31,7 +34,12 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-_MAX_HEAD_BYTES = 64 * 1024  # of the upstream's answer head: more is not an answer we want to read
+_MAX_HEAD_BYTES = 64 * 1024  # of the upstream's answer head, counted as it arrives (aiohttp's lines: 8 KiB each)
+# Of a whole answer, as it arrives: the largest small answer is a study's metadata (tens of MiB for thousands of
+# instances); beyond this the answer is refused (502) rather than held.
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
+# Sent once more on a new connection when a reused one died unanswered (the methods aiohttp retries: idempotent).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class ExchangeError(Exception):
@@ -59,9 +67,15 @@ class Disconnected(ExchangeError):
 
 
 class BadAnswer(ExchangeError):
-    """The upstream's bytes are not an HTTP/1.1 answer."""
+    """The upstream's bytes are not an HTTP/1.1 answer, or not one the gateway reads (too large)."""
 
     reason = "ClientPayloadError"
+
+
+class Unsendable(ExchangeError):
+    """The request cannot be written as HTTP/1.1 (a control or non-Latin-1 character in its head)."""
+
+    reason = "InvalidRequest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +95,9 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._headers: list[tuple[str, str]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while the head is incomplete
+        self._in_head = True
+        self._answer_bytes = 0
         self._body: list[bytes] = []
         self._status = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -98,8 +114,23 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Bytes nobody asked for (a second answer, trailing garbage): they would be read as the next request's
+            # answer. The connection is dropped instead.
+            self.close()
+            return
         self.received = True
         self._last_read = self._loop.time()
+        self._answer_bytes += len(data)
+        if self._in_head:
+            # Counted as the bytes arrive: llhttp would buffer a header line that never ends, whatever its size.
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._fail(BadAnswer("the PACS's answer head is too large"))
+                return
+        if self._answer_bytes > MAX_ANSWER_BYTES:
+            self._fail(BadAnswer("the PACS's answer is larger than the gateway reads whole"))
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -123,21 +154,23 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second answer in the same read as the first: see data_received
+            raise Disconnected("the PACS sent an answer nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > _MAX_HEAD_BYTES:
-            raise BadAnswer("the PACS's answer head is too large")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        self._in_head = False
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:  # an interim answer (100 Continue): the real one follows
-            self._headers, self._head_bytes = [], 0
+            self._headers, self._head_bytes, self._in_head = [], 0, True
             return
         self._cancel_timer()
         self.reusable = not self.closed and self._parser.should_keep_alive()
@@ -151,7 +184,8 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or self.closed:
             raise Disconnected("the connection is closed")
         self._waiter = self._loop.create_future()
-        self._headers, self._head_bytes, self._body, self._status = [], 0, [], 0
+        self._headers, self._head_bytes, self._in_head, self._body, self._status = [], 0, True, [], 0
+        self._answer_bytes = 0
         self.received, self.reusable = False, False
         self._last_read = self._loop.time()
         self._timer = self._loop.call_at(self._last_read + self._read_s, self._check_read_time)
@@ -194,10 +228,12 @@ class ExchangePool:
                  keepalive_s: float) -> None:
         if origin.scheme not in ("http", "https") or not origin.host:
             raise ValueError(f"an http:// or https:// upstream is needed, not {origin}")
-        self._host = origin.host
+        if origin.user is not None or origin.password is not None:
+            raise ValueError("credentials in the PACS URL: give them as PACS_USERNAME and PACS_PASSWORD")
+        self._host = origin.raw_host or origin.host  # IDNA-encoded as yarl encodes it, for the connection and SNI
         self._port = origin.port or (443 if origin.scheme == "https" else 80)
-        default_port = origin.port is None or origin.is_default_port()
-        self._host_header = (origin.raw_host or self._host) if default_port else f"{origin.raw_host}:{self._port}"
+        named = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 address, bracketed (RFC 9110 §7.2)
+        self._host_header = named if origin.is_default_port() else f"{named}:{self._port}"
         self._ssl = ssl.create_default_context() if origin.scheme == "https" else None
         self._connect_s = connect_s
         self._read_s = read_s
@@ -231,8 +267,9 @@ class ExchangePool:
                 answer = await connection.exchange(head, body)
             except Disconnected:
                 connection.close()
-                # A kept-alive connection the upstream closed as we sent: a GET is sent again, once, on a new one.
-                if first and reused and method == "GET" and not connection.received:
+                # A kept-alive connection the upstream closed as we sent: an idempotent request is sent again, once,
+                # on a new one.
+                if first and reused and method in _IDEMPOTENT and not connection.received:
                     first = False
                     continue
                 raise
@@ -280,5 +317,8 @@ class ExchangePool:
         # Everything here is the gateway's own (encoded URLs, its headers), but a CR, LF or NUL would split the
         # request: refuse rather than send it. A space is refused in the target for the same reason.
         if " " in target or any(c in line for line in lines for c in "\r\n\0"):
-            raise ValueError("a request to the PACS with a control character in its head")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            raise Unsendable("a request to the PACS with a control character in its head")
+        try:
+            return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            raise Unsendable("a request to the PACS with a character outside Latin-1 in its head") from None

@@ -349,6 +349,8 @@ class Worklist:
         return Response(status_code=204)
 
     async def _cancel_one(self, dialect: UpsDialect, uid: str, study_uid: str) -> None:
+        if not is_valid_uid(uid):  # the archive's value goes into the path: a UID, or nothing is sent
+            raise UpstreamFailed("the PACS answered a workitem without a valid SOPInstanceUID")
         params = [("requester", self._requester_aet)] if dialect.needs_requester else []
         reason = {REASON_FOR_CANCELLATION: element("LT", "Cancelled by a user through dicom-gateway")}
         answer = await self._upstream.request(

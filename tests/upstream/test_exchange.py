@@ -12,12 +12,14 @@ import pytest
 import uvloop
 from yarl import URL
 
+from gateway.upstream import exchange
 from gateway.upstream.exchange import (
     BadAnswer,
     ConnectFailed,
     Disconnected,
     ExchangePool,
     ReadTimedOut,
+    Unsendable,
 )
 from tests.support.orthanc import Orthanc, free_port
 
@@ -161,7 +163,8 @@ def test_a_get_whose_reused_connection_dies_unanswered_is_sent_again_but_a_post_
     assert requests == [b"/one", b"/two", b"/two", b"/three"]
 
 
-def test_failures_are_the_pools_errors(run: Any) -> None:
+def test_failures_are_the_pools_errors(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exchange, "MAX_ANSWER_BYTES", 4 * 1024 * 1024)
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")  # then nothing
@@ -174,6 +177,20 @@ def test_failures_are_the_pools_errors(run: Any) -> None:
     async def huge_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-A: " + b"a" * 70_000 + b"\r\n\r\n")
+
+    async def endless_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-A: ")
+        for _ in range(2000):  # 16 MiB of one header line that never ends: refused after 64 KiB
+            writer.write(b"a" * 8192)
+            await writer.drain()
+
+    async def endless_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(100_000):
+            writer.write(b"2\r\nab\r\n" * 1000)
+            await writer.drain()
 
     async def expect(handler: Handler, error: type[Exception], **limits: float) -> None:
         async def body(port: int) -> None:
@@ -191,6 +208,8 @@ def test_failures_are_the_pools_errors(run: Any) -> None:
         await expect(stall, ReadTimedOut, read_s=0.3)
         await expect(garbage, BadAnswer)
         await expect(huge_head, BadAnswer)
+        await expect(endless_header, BadAnswer)
+        await expect(endless_body, BadAnswer)
         await refused()
 
     run(all_of_them())
@@ -200,8 +219,10 @@ def test_a_head_that_would_split_the_request_is_refused_before_sending(run: Any)
     async def body() -> None:
         exchanges = pool(free_port())
         for target, headers in (("/a b", []), ("/a", [("X", "1\r\nEvil: 2")]), ("/a\n", []), ("/a", [("X", "\0")])):
-            with pytest.raises(ValueError, match="control character"):
+            with pytest.raises(Unsendable, match="control character"):
                 await exchanges.send("GET", target, headers, None)
+        with pytest.raises(Unsendable, match="Latin-1"):
+            await exchanges.send("GET", "/a", [("Authorization", "Bearer \u2603")], None)
 
     run(body())
 
@@ -220,3 +241,45 @@ def test_orthancs_answers_through_the_pool(run: Any, orthanc: Orthanc) -> None:
         return statuses
 
     assert run(body()) == [200] * 6
+
+
+def test_bytes_after_an_answer_drop_the_connection_and_are_never_the_next_answer(run: Any) -> None:
+    """An upstream that answers twice (or trails bytes) must not shift answers by one: each request gets its own."""
+    connections: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while True:
+            head = await read_head(reader)
+            name = head.split(b" ", 2)[1]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
+            if name == b"/first":  # a second, unasked-for answer, in the same write and then after a pause
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+            await writer.drain()
+            if name == b"/second":
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+
+    async def body(port: int) -> list[bytes]:
+        exchanges = pool(port)
+        answers = []
+        for name in ("/first", "/second", "/third", "/fourth"):
+            answers.append((await exchanges.send("GET", name, [], None)).body)
+            await asyncio.sleep(0.1)
+        exchanges.close()
+        return answers
+
+    assert run(with_peer(handler, body)) == [b"/first", b"/second", b"/third", b"/fourth"]
+    assert len(connections) == 3  # a new connection after each of the two answers that trailed bytes
+
+
+def test_a_delete_is_retried_like_a_get_and_hosts_are_written_as_rfc_9110_says() -> None:
+    assert exchange._IDEMPOTENT >= {"GET", "DELETE", "PUT"}
+    assert "POST" not in exchange._IDEMPOTENT
+    cases = {"http://[::1]:8042": b"Host: [::1]:8042", "https://pacs.example": b"Host: pacs.example\r\n",
+             "http://pacs.example:80": b"Host: pacs.example\r\n", "http://10.0.0.1:8042": b"Host: 10.0.0.1:8042"}
+    for url, host in cases.items():
+        pool = ExchangePool(URL(url), max_connections=1, connect_s=1, read_s=1, pool_s=1, keepalive_s=1)
+        assert host in pool._head("GET", "/x", [], None)
+    with pytest.raises(ValueError, match="credentials"):
+        ExchangePool(URL("http://u:p@pacs:1"), max_connections=1, connect_s=1, read_s=1, pool_s=1, keepalive_s=1)
