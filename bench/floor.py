@@ -7,7 +7,8 @@ under that figure, layer by layer, in one run against one Orthanc holding the be
   JSON body the size of a QIDO answer. No upstream exchange. What serving a request costs in this stack.
 - `+ aiohttp`: the same app, which relays the same search to Orthanc through an aiohttp session configured as the
   gateway's (pooled, keep-alive) and answers its body. What a proxy with no routing, no checks and no logs costs.
-- `+ starlette`: the relay as one Starlette `Route`, with Starlette's default middleware stack around it.
+- `+ pool`: the same relay through the gateway's own pool for small exchanges (`gateway.upstream.exchange`).
+- `+ starlette`: the aiohttp relay as one Starlette `Route`, with Starlette's default middleware stack around it.
 - the gateway itself (`dicom-gateway serve`, as `bench/run.py` starts it), and nginx in front of the same Orthanc.
 
 Each side runs wrk at 1 client for `--seconds`, the sides rotated over `--rounds`; CPU is utime+stime from
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import statistics
@@ -63,13 +63,23 @@ def _serve(variant: str, port: int, upstream: str) -> None:
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
+    from yarl import URL
 
     from gateway.edge.http import EdgeLimits, protocol_for
+    from gateway.upstream.exchange import ExchangePool
 
     session: aiohttp.ClientSession | None = None
+    pool: ExchangePool | None = None
 
     async def relay(query: str) -> bytes:
-        nonlocal session
+        nonlocal session, pool
+        if variant == "pool":
+            if pool is None:
+                pool = ExchangePool(URL(upstream), max_connections=32, connect_s=5, read_s=30, pool_s=5,
+                                    keepalive_s=0.5)
+            answer = await pool.send("GET", f"/dicom-web/studies?{query}", [("Accept", "application/dicom+json")],
+                                     None)
+            return answer.body
         if session is None:
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=0.5),
                                             skip_auto_headers=("Accept-Encoding", "User-Agent"),
@@ -101,19 +111,25 @@ def _serve(variant: str, port: int, upstream: str) -> None:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    ticks = 0
+    return bench.cpu_seconds(pids)
+
+
+def run_seconds(pids: list[int]) -> float:
+    """Time on a CPU from the scheduler's own account (/proc/<pid>/task/*/schedstat, ns): exact, where utime+stime
+    is sampled at the clock tick and can misplace short bursts."""
+    total = 0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-    return ticks / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--serve", choices=("uvicorn", "aiohttp", "starlette"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("uvicorn", "aiohttp", "pool", "starlette"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3)
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             ("direct (Orthanc)", orthanc.url, direct, lambda: []),
             ("nginx", nginx.url, direct, nginx.pids),
         ]
-        for variant in ("uvicorn", "aiohttp", "starlette"):
+        for variant in ("uvicorn", "aiohttp", "pool", "starlette"):
             port = free_port()
             process = subprocess.Popen([sys.executable, __file__, "--serve", variant, "--port", str(port),
                                         "--upstream", orthanc.url], stdout=subprocess.DEVNULL)
@@ -180,7 +196,8 @@ def _wait_listening(port: int) -> None:
     raise bench.BenchError(f"the floor server on {port} did not start")
 
 
-Row = tuple[str, list[float], list[float], list[float]]  # side, req/s, its CPU µs/req, Orthanc's CPU µs/req
+# side, req/s, its CPU µs/req (utime+stime), Orthanc's, its CPU µs/req (schedstat), Orthanc's
+Row = tuple[str, list[float], list[float], list[float], list[float], list[float]]
 
 
 def _measure(sides: list[tuple[str, str, Path, Callable[[], list[int]]]], stack: bench.Stack, rounds: int,
@@ -188,28 +205,32 @@ def _measure(sides: list[tuple[str, str, Path, Callable[[], list[int]]]], stack:
     orthanc = [stack.orthanc_pid] if stack.orthanc_pid else []
     for _, url, script, _ in sides:
         bench.run_wrk(url, script, 1, 1)  # warm-up: connections, caches
-    found: dict[str, tuple[list[float], list[float], list[float]]] = {name: ([], [], []) for name, *_ in sides}
+    found: dict[str, tuple[list[float], ...]] = {name: ([], [], [], [], []) for name, *_ in sides}
     for i in range(rounds):
         for name, url, script, pids in sides[i % len(sides):] + sides[:i % len(sides)]:
             own = pids()
-            before = cpu_seconds(own), cpu_seconds(orthanc)
+            before = cpu_seconds(own), cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
             run = bench.run_wrk(url, script, 1, seconds)
-            after = cpu_seconds(own), cpu_seconds(orthanc)
-            rps, cpu, upstream = found[name]
+            after = cpu_seconds(own), cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
+            rps, cpu, upstream, exact, exact_upstream = found[name]
             rps.append(run.rps)
-            cpu.append((after[0] - before[0]) / run.requests * 1e6)
-            upstream.append((after[1] - before[1]) / run.requests * 1e6)
+            for into, k in ((cpu, 0), (upstream, 1), (exact, 2), (exact_upstream, 3)):
+                into.append((after[k] - before[k]) / run.requests * 1e6)
             bench.log(f"  {name}: {run.rps:.0f} req/s, {cpu[-1]:.0f} µs CPU per request (Orthanc {upstream[-1]:.0f})")
-    return [(name, *found[name]) for name, *_ in sides]
+    return [(name, *found[name]) for name, *_ in sides]  # type: ignore[misc]
 
 
 def _table(rows: list[Row]) -> str:
     orthanc = statistics.median(rows[0][3])
-    out = ["| side (1 client) | req/s | its CPU µs/request | ÷ Orthanc's µs/request on the direct runs |",
-           "|---|---|---|---|"]
-    for name, rps, cpu, upstream in rows:
-        own = statistics.median(upstream) if name.startswith("direct") else statistics.median(cpu)
-        out.append(f"| {name} | {statistics.median(rps):.0f} | {own:.0f} | {own / orthanc:.2f}x |")
+    exact_orthanc = statistics.median(rows[0][5])
+    out = ["| side (1 client) | req/s | CPU µs/request (utime+stime) | ÷ Orthanc's | on-CPU µs/request (schedstat) "
+           "| ÷ Orthanc's |", "|---|---|---|---|---|---|"]
+    for name, rps, cpu, upstream, exact, exact_upstream in rows:
+        direct = name.startswith("direct")
+        own = statistics.median(upstream if direct else cpu)
+        on_cpu = statistics.median(exact_upstream if direct else exact)
+        out.append(f"| {name} | {statistics.median(rps):.0f} | {own:.0f} | {own / orthanc:.2f}x | {on_cpu:.0f} | "
+                   f"{on_cpu / exact_orthanc:.2f}x |")
     return "\n".join(out)
 
 

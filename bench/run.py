@@ -55,6 +55,7 @@ import httpx  # noqa: E402
 from joserfc import jwt  # noqa: E402
 from joserfc.jwk import OctKey  # noqa: E402
 
+from bench import profile as layers  # noqa: E402
 from tests.support.dicom_factory import generated, gradient_row, image_dataset, new_uid  # noqa: E402
 from tests.support.nginx import Nginx  # noqa: E402
 from tests.support.orthanc import Orthanc, free_port  # noqa: E402
@@ -456,6 +457,25 @@ def bench_qido(stack: Stack, runs: int, seconds: float, patients: int) -> list[Q
                 f"(errors {d.errors}/{n.errors}/{g.errors})")
         results.append(result)
     return results
+
+
+PROFILE_SECONDS = 12
+
+
+def bench_profile(stack: Stack) -> dict[str, float]:
+    """µs of CPU per QIDO request by layer: py-spy samples the gateway through one more 1-client run (12 s)."""
+    samples = stack.work / "py-spy.txt"
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(stack.gateway_pid), "-r", "400", "-d",
+         str(PROFILE_SECONDS), "-f", "raw", "-o", str(samples), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = measured_wrk(stack, stack.gw, stack.work / "qido-gateway.lua", 1, PROFILE_SECONDS + 1,
+                       partial(process_tree, stack.gateway_pid))
+    _, errors = spy.communicate(timeout=60)
+    if spy.returncode != 0 or not samples.exists():
+        raise BenchError(f"py-spy failed ({spy.returncode}): {errors.decode(errors='replace')[-500:]}")
+    log(f"  profiled {run.requests} requests at {run.cpu_us:.0f} µs CPU each")
+    return layers.microseconds(samples.read_text(), run.cpu_us)
 
 
 @dataclass
@@ -904,6 +924,7 @@ class Report:
     setup: list[str] = field(default_factory=list)
     qido: list[QidoResult] | None = None
     scale: ScaleResult | None = None
+    profile: dict[str, float] | None = None
     retrieval: RetrievalResult | None = None
     stow: list[StowResult] | None = None
     memory: MemoryResult | None = None
@@ -916,7 +937,7 @@ class Report:
         out += [f"- {line}" for line in self.setup]
         out += ["", *TABLE_HEAD]
         out += self._qido_rows() + self._retrieval_rows() + self._stow_rows()
-        out += self._cpu_section() + self._scale_section() + self._memory_section()
+        out += self._cpu_section() + self._profile_section() + self._scale_section() + self._memory_section()
         if self.errors:
             out += ["", "## Errors (the bench could not measure these)", ""]
             out += [f"- {e}" for e in self.errors]
@@ -1031,6 +1052,16 @@ class Report:
                 out.append(row(f"{result.clients} client{'s' if result.clients > 1 else ''}, audit trail on", "", "",
                                "", f"{audited:.0f}", f"{audited / orthanc:.2f}x", "", ""))
         return out
+
+    def _profile_section(self) -> list[str]:
+        if not self.profile:
+            return []
+        measured, before = layers.baseline()
+        return ["", "Where the time goes: the gateway's CPU per QIDO request (1 client) by layer, from py-spy's "
+                f"samples (400 Hz, {PROFILE_SECONDS} s) sorted by the frame that was running, times the CPU per "
+                "request "
+                "measured over the same run. Before: " + measured + ".", "",
+                *layers.table(self.profile, before)]
 
     def _scale_section(self) -> list[str]:
         s = self.scale
@@ -1277,6 +1308,9 @@ def main(argv: list[str] | None = None) -> int:
                 postgres.start()
                 report.scale = bench_scale(stack, secret, postgres.new_database(), runs, seconds)
 
+            def profile() -> None:
+                report.profile = bench_profile(stack)
+
             def retrieval() -> None:
                 report.retrieval = bench_retrieval(stack, client, RETRIEVAL_RUNS)
 
@@ -1289,6 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
             section(report, "population", setup)
             if not report.errors:
                 section(report, f"QIDO ({runs} x {seconds:g} s per side and client count)", qido)
+                section(report, "where the gateway's time goes (py-spy, 1 client)", profile)
                 if not args.skip_scale:
                     section(report, f"QIDO at {SCALE_CLIENTS} clients, 1 and 2 gateway workers", scale)
             section(report, "retrieval of an 80 MiB instance", retrieval)

@@ -53,6 +53,10 @@ class Metrics:
             ("state",), registry=self.registry,
         )
         self._on_scrape: list[Callable[[], Awaitable[None]]] = []
+        # The labelled children, looked up once per label set (`labels()` takes a lock and builds a key per call).
+        # The sets are bounded: route templates, the methods llhttp parses, statuses, operations.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._upstream_children: dict[tuple[str, int], Histogram] = {}
 
     def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Run `refresh` before each scrape (gauges read from the store)."""
@@ -68,12 +72,19 @@ class Metrics:
         return self.render()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = (route, method, str(status))
-        self.requests.labels(*labels).inc()
-        self.request_seconds.labels(*labels).observe(seconds)
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            labels = (route, method, str(status))
+            children = self._request_children[route, method, status] = (
+                self.requests.labels(*labels), self.request_seconds.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_upstream(self, operation: str, status: int, seconds: float) -> None:
-        self.upstream_seconds.labels(operation, str(status)).observe(seconds)
+        child = self._upstream_children.get((operation, status))
+        if child is None:
+            child = self._upstream_children[operation, status] = self.upstream_seconds.labels(operation, str(status))
+        child.observe(seconds)
 
     def count_upstream_error(self, operation: str, kind: str) -> None:
         self.upstream_errors.labels(operation, kind).inc()
