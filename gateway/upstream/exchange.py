@@ -96,6 +96,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0  # bytes read while the head is incomplete
+        self._fields_bytes = 0  # of the header fields parsed
         self._in_head = True
         self._answer_bytes = 0
         self._body: list[bytes] = []
@@ -122,21 +123,23 @@ class _Connection(asyncio.Protocol):
         self.received = True
         self._last_read = self._loop.time()
         self._answer_bytes += len(data)
-        if self._in_head:
-            # Counted as the bytes arrive: llhttp would buffer a header line that never ends, whatever its size.
-            self._head_bytes += len(data)
-            if self._head_bytes > _MAX_HEAD_BYTES:
-                self._fail(BadAnswer("the PACS's answer head is too large"))
-                return
         if self._answer_bytes > MAX_ANSWER_BYTES:
             self._fail(BadAnswer("the PACS's answer is larger than the gateway reads whole"))
             return
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(BadAnswer("the PACS switched protocols"))
+            return
         except httptools.HttpParserError:
             self._fail(BadAnswer("the PACS's answer is not HTTP/1.1"))
+            return
+        # Reads that have not completed the head yet, counted as they arrive: llhttp would buffer a header line that
+        # never ends, whatever its size. (A read that completes the head may carry any amount of body with it.)
+        if self._in_head and self._head_bytes > _MAX_HEAD_BYTES:
+            self._fail(BadAnswer("the PACS's answer head is too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -159,6 +162,9 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("the PACS sent an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields_bytes += len(name) + len(value)
+        if self._fields_bytes > _MAX_HEAD_BYTES:  # a head that came whole in one read is bounded here
+            raise BadAnswer("the PACS's answer head is too large")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -170,7 +176,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self._status < 200:  # an interim answer (100 Continue): the real one follows
-            self._headers, self._head_bytes, self._in_head = [], 0, True
+            self._headers, self._head_bytes, self._fields_bytes, self._in_head = [], 0, 0, True
             return
         self._cancel_timer()
         self.reusable = not self.closed and self._parser.should_keep_alive()
@@ -185,7 +191,7 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("the connection is closed")
         self._waiter = self._loop.create_future()
         self._headers, self._head_bytes, self._in_head, self._body, self._status = [], 0, True, [], 0
-        self._answer_bytes = 0
+        self._answer_bytes, self._fields_bytes = 0, 0
         self.received, self.reusable = False, False
         self._last_read = self._loop.time()
         self._timer = self._loop.call_at(self._last_read + self._read_s, self._check_read_time)

@@ -21,8 +21,13 @@ SECRET = "exams-tests-shared-secret-0123456789abcdef"
 PUBLIC_BASE_URL = "https://gateway.example.org"
 
 
+# Long enough for the whole suite: some modules mint their tokens once, at collection, and the suite takes 15-20
+# minutes on a slow hour of these machines (a 600 s token expired mid-run).
+TOKEN_LIFETIME_S = 4 * 3600
+
+
 def token(*roles: str, patient_id: str | None = None) -> str:
-    claims: dict[str, Any] = {"sub": "tester", "exp": int(time.time()) + 600, "roles": list(roles)}
+    claims: dict[str, Any] = {"sub": "tester", "exp": int(time.time()) + TOKEN_LIFETIME_S, "roles": list(roles)}
     if patient_id is not None:
         claims["patient_id"] = patient_id
     return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(SECRET))

@@ -102,6 +102,25 @@ def test_one_connection_serves_many_exchanges_and_the_head_is_what_was_asked(run
                         .get_extra_info("sockname")[1]).encode() + b"\r\nAccept: application/dicom+json\r\n\r\n")
 
 
+def test_a_large_answer_in_one_write_is_read_whole(run: Any) -> None:
+    """The head's bound counts reads until the head is complete, never the body that came in the same read."""
+    body = b"x" * (3 * 1024 * 1024)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    async def exchange_once(port: int) -> Any:
+        exchanges = pool(port)
+        try:
+            return await exchanges.send("GET", "/x", [], None)
+        finally:
+            exchanges.close()
+
+    assert run(with_peer(handler, exchange_once)).body == body
+
+
 @pytest.mark.parametrize("answer", [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nabcdefg",
