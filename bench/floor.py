@@ -110,10 +110,6 @@ def _serve(variant: str, port: int, upstream: str) -> None:
 # --- the measurement -----------------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    return bench.cpu_seconds(pids)
-
-
 def run_seconds(pids: list[int]) -> float:
     """Time on a CPU from the scheduler's own account (/proc/<pid>/task/*/schedstat, ns): exact, where utime+stime
     is sampled at the clock tick and can misplace short bursts."""
@@ -144,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     orthanc = Orthanc(work / "orthanc")
     started: list[subprocess.Popen[bytes]] = []
     gateway = None
-    nginx = Nginx(work / "nginx", "http://127.0.0.1:1")  # replaced once Orthanc's port is known
+    nginx = Nginx(work / "nginx", orthanc.url)
     try:
         orthanc.start()
-        nginx = Nginx(work / "nginx", orthanc.url)
         nginx.start()
         secret = secrets.token_hex(32)
         gateway = bench.start_gateway(orthanc, work, secret, "gateway", audit_trail="off")
@@ -209,9 +204,9 @@ def _measure(sides: list[tuple[str, str, Path, Callable[[], list[int]]]], stack:
     for i in range(rounds):
         for name, url, script, pids in sides[i % len(sides):] + sides[:i % len(sides)]:
             own = pids()
-            before = cpu_seconds(own), cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
+            before = bench.cpu_seconds(own), bench.cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
             run = bench.run_wrk(url, script, 1, seconds)
-            after = cpu_seconds(own), cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
+            after = bench.cpu_seconds(own), bench.cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
             rps, cpu, upstream, exact, exact_upstream = found[name]
             rps.append(run.rps)
             for into, k in ((cpu, 0), (upstream, 1), (exact, 2), (exact_upstream, 3)):

@@ -73,6 +73,15 @@ async def with_peer(handler: Handler, body: Callable[[int], Awaitable[Any]]) -> 
         await asyncio.sleep(0.01)
 
 
+async def send_once(port: int) -> Any:
+    """One GET /x through a fresh pool, closed afterwards."""
+    exchanges = pool(port)
+    try:
+        return await exchanges.send("GET", "/x", [], None)
+    finally:
+        exchanges.close()
+
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n[]"
 
 
@@ -111,14 +120,7 @@ def test_a_large_answer_in_one_write_is_read_whole(run: Any) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         await writer.drain()
 
-    async def exchange_once(port: int) -> Any:
-        exchanges = pool(port)
-        try:
-            return await exchanges.send("GET", "/x", [], None)
-        finally:
-            exchanges.close()
-
-    assert run(with_peer(handler, exchange_once)).body == body
+    assert run(with_peer(handler, send_once)).body == body
 
 
 @pytest.mark.parametrize("answer", [
@@ -135,14 +137,7 @@ def test_chunked_interim_and_close_delimited_answers_are_read_whole(run: Any, an
         if b"Connection: close" in answer:
             writer.close()
 
-    async def body(port: int) -> Any:
-        exchanges = pool(port)
-        try:
-            return await exchanges.send("GET", "/x", [], None)
-        finally:
-            exchanges.close()
-
-    got = run(with_peer(handler, body))
+    got = run(with_peer(handler, send_once))
     assert (got.status, got.body) == (200, b"abcdefg")
 
 
