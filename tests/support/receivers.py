@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import threading
 import time
 from collections import Counter
@@ -67,6 +68,21 @@ class Receiver:
     def per_event(self) -> Counter[str]:
         with self._lock:
             return Counter(d.event_id for d in self.deliveries)
+
+    def events_by_study(self) -> dict[str, set[str]]:
+        """The ids of the events received for each StudyInstanceUID. Delivery is at least once: an answer lost on
+        the way back (a timeout, a connection the subscriber closed) brings the same event again, so a study
+        announced once has one event id here however many deliveries carried it."""
+        found: dict[str, set[str]] = {}
+        with self._lock:
+            for d in self.deliveries:
+                found.setdefault(str(json.loads(d.body).get("StudyInstanceUID")), set()).add(d.event_id)
+        return found
+
+    def repeated_attempts(self) -> list[tuple[str, int]]:
+        """(event id, attempt) pairs received more than once: none, if each delivery again is a counted retry."""
+        with self._lock:
+            return [key for key, n in Counter((d.event_id, d.attempt) for d in self.deliveries).items() if n > 1]
 
 
 @contextlib.contextmanager
