@@ -21,7 +21,7 @@ from gateway.edge.multipart import PART_SEPARATOR, new_boundary, related_closing
 from gateway.errors import Conflict, UnprocessableContent
 from gateway.exams.files import CHUNK, Upload
 from gateway.exams.links import ExamLinks
-from gateway.upstream.client import UpstreamClient, UpstreamStream
+from gateway.upstream.client import UpstreamClient
 
 # Azure DICOM service's failure reason for "an instance with these UIDs is already stored"; clients of the product
 # this API comes from look for it.
@@ -58,22 +58,19 @@ async def store(upstream: UpstreamClient, uploads: list[Upload]) -> DicomJson:
         pending += closing
         yield bytes(pending)
 
-    content: bytes | AsyncIterator[bytes | memoryview] = body()
-    if length <= CHUNK:  # small: one buffer, one write upstream (aiohttp warns about larger byte bodies)
-        content = b"".join([chunk async for chunk in body()])
-    response = await upstream.open_stream(
-        "POST", "studies", operation="stow", content=content,
-        headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Content-Length": str(length),
-            "Accept": DICOM_JSON,
-        },
-    )
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": DICOM_JSON}
+    if length <= CHUNK:  # small: one buffer in one exchange through the lean pool (`UpstreamClient.request`)
+        answer = await upstream.request("POST", "studies", operation="stow", headers=headers,
+                                        content=b"".join([chunk async for chunk in body()]))
+        return stow_answer(answer.status_code, answer.content)
+    response = await upstream.open_stream("POST", "studies", operation="stow", content=body(),
+                                          headers={**headers, "Content-Length": str(length)})
     try:
         payload = await response.read()
     finally:
         await response.aclose()
-    return stow_answer(response, payload)
+    return stow_answer(response.status_code, payload)
 
 
 def point_at_gateway(links: ExamLinks, dataset: DicomJson, uploads: list[Upload]) -> None:
@@ -102,7 +99,7 @@ def add_duplicates(dataset: DicomJson, duplicates: list[Upload]) -> None:
         dataset.set_sequence(FAILED_SOP_SEQUENCE, failed)
 
 
-def stow_answer(response: UpstreamStream, payload: bytes) -> DicomJson:
+def stow_answer(status: int, payload: bytes) -> DicomJson:
     """The STOW-RS response dataset; an upstream refusal of instances the gateway found valid becomes 409 or 422."""
     try:
         decoded = json.loads(payload)  # Orthanc sends it with no Content-Type (measured, docs/tests.md)
@@ -112,11 +109,11 @@ def stow_answer(response: UpstreamStream, payload: bytes) -> DicomJson:
             dataset = DicomJson(decoded if isinstance(decoded, dict) else {})
     except (ValueError, IndexError, TypeError):
         dataset = DicomJson({})
-    if response.status_code in (200, 202):
+    if status in (200, 202):
         return dataset
     reasons = [item.integer(FAILURE_REASON) for item in dataset.items(FAILED_SOP_SEQUENCE)]
-    details = {"upstream_status": response.status_code, "failure_reasons": reasons}
-    if response.status_code == 409 and reasons and all(r in _DUPLICATE_REASONS for r in reasons):
+    details = {"upstream_status": status, "failure_reasons": reasons}
+    if status == 409 and reasons and all(r in _DUPLICATE_REASONS for r in reasons):
         raise Conflict("every instance is already stored", details)
     raise UnprocessableContent("the PACS refused to store the instances", details)
 
