@@ -25,7 +25,7 @@ from gateway.dicom.dicomjson import DicomJson
 from gateway.dicom.media import DICOM_JSON
 from gateway.dicom.part10 import InstanceHeader
 from gateway.dicom.tags import PATIENT_ID, REFERENCED_SOP_INSTANCE_UID, REFERENCED_SOP_SEQUENCE, SOP_INSTANCE_UID
-from gateway.errors import UpstreamFailed
+from gateway.errors import UpstreamError, UpstreamFailed
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.orthanc import orthanc_id
 
@@ -115,10 +115,13 @@ async def _remove(upstream: UpstreamClient, item: StoredFile) -> int:
     Only a patient's upload is read back, and its instances are fresh archive-wide: `ExamUploads` looks each SOP
     Instance UID up anywhere in the archive before storing and never sends one already held. So whatever holds the
     UID now was stored by this upload, whichever patient the PACS filed it under (and whatever bytes it kept)."""
+    try:
+        found = await upstream.native_lookup(item.header.sop_instance_uid)
+    except UpstreamError as exc:  # as a failed DELETE (`native_delete`): the 502 and its security event still go out
+        log.warning("upstream_cleanup_failed", operation="stow_readback_remove", error=exc.code, message=exc.message)
+        return 0
     removed = 0
-    for kind, resource_id in await upstream.native_lookup(item.header.sop_instance_uid):
+    for kind, resource_id in found:
         if kind == "Instance":
-            status, _ = await upstream.native_call("DELETE", f"instances/{resource_id}",
-                                                   operation="stow_readback_remove")
-            removed += status == 200
+            removed += await upstream.native_delete(resource_id, operation="stow_readback_remove")
     return removed

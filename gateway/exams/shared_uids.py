@@ -69,9 +69,8 @@ class SharedUids:
             return 0
         ids = [orthanc_id(h.patient_id, h.study_uid, h.series_uid, h.sop_instance_uid)
                for h in (item.header for item in stored)]
-        statuses = await asyncio.gather(*(
-            self._upstream.native_call("DELETE", f"instances/{i}", operation="stow_race_remove") for i in ids))
-        return sum(status == 200 for status, _ in statuses)
+        deleted = await asyncio.gather(*(self._upstream.native_delete(i, operation="stow_race_remove") for i in ids))
+        return sum(deleted)
 
 
 def refuse_mixed(uploads: list[Upload]) -> None:

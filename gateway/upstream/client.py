@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+import structlog
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -54,6 +55,8 @@ from gateway.upstream.exchange import (
     Unsendable,
 )
 from gateway.upstream.profiles import UpstreamProfile
+
+log = structlog.get_logger(__name__)
 
 # aiohttp's buffer per connection; also the largest chunk a stream hands over at once (fewer, larger chunks cost
 # less CPU per byte relayed).
@@ -348,6 +351,17 @@ class UpstreamClient:
                                       {"Accept": "application/json"}, content)
         check_upstream_status(answer.status, operation)
         return answer.status, answer.body
+
+    async def native_delete(self, resource_id: str, *, operation: str) -> bool:
+        """Delete one instance by its Orthanc id, as a security clean-up: True when Orthanc deleted it. The PACS's
+        failure (an error status, no answer) is logged and counts as not deleted, rather than raised: a clean-up
+        that fails must not stop the refusal and the security event it serves, which report how many it removed."""
+        try:
+            status, _ = await self.native_call("DELETE", f"instances/{resource_id}", operation=operation)
+        except UpstreamError as exc:
+            log.warning("upstream_cleanup_failed", operation=operation, error=exc.code, message=exc.message)
+            return False
+        return status == 200
 
     async def native_exists(self, kind: str, resource_id: str) -> bool:
         return await self.native_resource(kind, resource_id) is not None

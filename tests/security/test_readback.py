@@ -9,6 +9,7 @@ a PACS coercing identifiers would), and the read-back on its own against a file 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import httpx
@@ -34,17 +35,27 @@ from tests.support.servers import serve
 @dataclass
 class CoercingPacs:
     """Forwards to Orthanc, replacing `old` with `new` (same length) in every STOW-RS body: files what it is sent
-    under another PatientID."""
+    under another PatientID. `fail_deletes`: answers 500 to every DELETE, as a PACS failing the clean-up would;
+    `lookup_delay_s`: answers `/tools/lookup` that much later (a clinician's upload is then stored before its
+    shared-UID lookups are in)."""
 
     target: str
-    old: bytes
-    new: bytes
+    old: bytes = b""
+    new: bytes = b""
+    fail_deletes: bool = False
+    lookup_delay_s: float = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
         body = await read_body(receive)
+        if self.fail_deletes and scope["method"] == "DELETE":
+            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope["path"] == "/tools/lookup":
+            await asyncio.sleep(self.lookup_delay_s)
         if scope["method"] == "POST" and scope["path"] == "/dicom-web/studies":
-            body = body.replace(self.old, self.new)
+            body = body.replace(self.old, self.new) if self.old else body
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")]
         url = self.target + scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
@@ -82,6 +93,29 @@ async def test_upload_filed_under_another_patient_is_502_removed_and_logged(orth
         else:  # no delete in DICOMweb: reported, left for the operator
             assert body["details"]["removed"] == 0
             assert await filed_under(orthanc.url, file.sop_uid) == [other]
+
+
+async def test_a_removal_the_pacs_fails_still_gives_the_502_and_the_security_event(orthanc: Orthanc) -> None:
+    """The clean-up DELETE fails: the upload is still refused as misfiled, with nothing reported removed, and both
+    the security event and the failed clean-up are logged, for an operator to remove the instance by hand."""
+    me = new_patient_id("SELF")
+    other = "OTHR" + me[4:]
+    file = generated(me)
+    with serve(CoercingPacs(orthanc.url, me.encode(), other.encode(), fail_deletes=True)) as pacs:
+        async with gateway(f"{pacs.url}/dicom-web", pacs_profile="orthanc") as client:
+            with capture_logs() as logs:
+                response = await Exams(client).upload(file, headers=patient(me))
+    body = error(response, 502, "upstream_error")
+    assert body["details"] == {"reason": "patient_id_mismatch", "instances": [file.sop_uid], "removed": 0}
+    [event] = [entry for entry in logs if entry["event"] == "security_patient_id_mismatch"]
+    assert (event["log_level"], event["removed"]) == ("warning", 0)
+    # The race re-check fails its clean-up too: it sees the misfiled copy as another patient's data in these UIDs.
+    cleanups = [entry for entry in logs if entry["event"] == "upstream_cleanup_failed"]
+    assert sorted(entry["operation"] for entry in cleanups) == ["stow_race_remove", "stow_readback_remove"]
+    assert {entry["log_level"] for entry in cleanups} == {"warning"}
+    assert me not in str(logs)
+    assert other not in str(logs)
+    assert await filed_under(orthanc.url, file.sop_uid) == [other]  # left for the operator, as the event says
 
 
 async def test_upload_filed_as_checked_passes_the_read_back(orthanc: Orthanc) -> None:

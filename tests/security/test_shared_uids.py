@@ -11,12 +11,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from tests.callbacks.test_callbacks import stow_direct
 from tests.security.shared_uids import SharedScene, shared_scene
+from tests.security.test_readback import CoercingPacs
 from tests.support.dicom_factory import generated, new_uid
 from tests.support.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
 from tests.support.orthanc import Orthanc
+from tests.support.servers import serve
 
 VIEWER_SECRET = "viewer-secret-for-the-shared-uid-tests-0123456789"
 
@@ -75,6 +78,32 @@ async def test_a_clinicians_upload_of_the_victims_exam_into_uids_an_attacker_pla
     assert body["details"]["reason"] == "uid_in_use"
     assert stored_patients(orthanc, study) == [attacker]
     assert exam.sop_uid not in stored_sops(orthanc, study)
+
+
+@pytest.mark.parametrize("deletes", ["work", "fail"])
+async def test_a_clinicians_upload_stored_before_its_lookups_answered_is_removed_again_and_409(
+    orthanc: Orthanc, deletes: str
+) -> None:
+    """A clinician's upload does not wait for the shared-UID lookups: here they answer only after the store, so the
+    stored intrusion is removed again by its exact id. When that DELETE fails, the answer is still 409 and the
+    security event still logged, saying nothing was removed (the instance stays for an operator)."""
+    victim, study, _ = victim_study(orthanc)
+    intrusion = generated(new_patient_id("ATTACKER"), study_uid=study)
+    with serve(CoercingPacs(orthanc.url, fail_deletes=deletes == "fail", lookup_delay_s=0.5)) as pacs:
+        async with gateway(f"{pacs.url}/dicom-web", pacs_profile="orthanc") as client:
+            with capture_logs() as logs:
+                response = await Exams(client).upload(intrusion, headers=clinician())
+    assert error(response, 409, "conflict")["details"] == {"reason": "uid_in_use", "uids": [study]}
+    [event] = [entry for entry in logs if entry["event"] == "security_shared_uid_upload"]
+    assert (event["log_level"], event["instances"]) == ("warning", 1)
+    assert victim not in str(logs)
+    if deletes == "work":
+        assert event["removed"] == 1
+        assert stored_patients(orthanc, study) == [victim]
+    else:
+        assert event["removed"] == 0
+        assert [e["operation"] for e in logs if e["event"] == "upstream_cleanup_failed"] == ["stow_race_remove"]
+        assert intrusion.sop_uid in stored_sops(orthanc, study)
 
 
 async def test_an_upload_into_another_patients_series_uid_under_a_new_study_is_409(
