@@ -280,8 +280,8 @@ def _wait_listening(port: int) -> None:
     raise bench.BenchError(f"the floor server on {port} did not start")
 
 
-# side, req/s, its CPU µs/req (utime+stime), Orthanc's, its CPU µs/req (schedstat), Orthanc's
-Row = tuple[str, list[float], list[float], list[float], list[float], list[float]]
+# side, req/s, p50 ms, its CPU µs/req (utime+stime), Orthanc's, its CPU µs/req (schedstat), Orthanc's
+Row = tuple[str, list[float], list[float], list[float], list[float], list[float], list[float]]
 
 
 def _measure(sides: list[tuple[str, str, Path, Callable[[], list[int]]]], stack: bench.Stack, rounds: int,
@@ -289,15 +289,16 @@ def _measure(sides: list[tuple[str, str, Path, Callable[[], list[int]]]], stack:
     orthanc = [stack.orthanc_pid] if stack.orthanc_pid else []
     for _, url, script, _ in sides:
         bench.run_wrk(url, script, 1, 1)  # warm-up: connections, caches
-    found: dict[str, tuple[list[float], ...]] = {name: ([], [], [], [], []) for name, *_ in sides}
+    found: dict[str, tuple[list[float], ...]] = {name: ([], [], [], [], [], []) for name, *_ in sides}
     for i in range(rounds):
         for name, url, script, pids in sides[i % len(sides):] + sides[:i % len(sides)]:
             own = pids()
             before = bench.cpu_seconds(own), bench.cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
             run = bench.run_wrk(url, script, 1, seconds)
             after = bench.cpu_seconds(own), bench.cpu_seconds(orthanc), run_seconds(own), run_seconds(orthanc)
-            rps, cpu, upstream, exact, exact_upstream = found[name]
+            rps, p50, cpu, upstream, exact, exact_upstream = found[name]
             rps.append(run.rps)
+            p50.append(run.p50_ms)
             for into, k in ((cpu, 0), (upstream, 1), (exact, 2), (exact_upstream, 3)):
                 into.append((after[k] - before[k]) / run.requests * 1e6)
             bench.log(f"  {name}: {run.rps:.0f} req/s, {cpu[-1]:.0f} µs CPU per request (Orthanc {upstream[-1]:.0f})")
@@ -305,16 +306,18 @@ def _measure(sides: list[tuple[str, str, Path, Callable[[], list[int]]]], stack:
 
 
 def _table(rows: list[Row]) -> str:
-    orthanc = statistics.median(rows[0][3])
-    exact_orthanc = statistics.median(rows[0][5])
-    out = ["| side (1 client) | req/s | CPU µs/request (utime+stime) | ÷ Orthanc's | on-CPU µs/request (schedstat) "
-           "| ÷ Orthanc's |", "|---|---|---|---|---|---|"]
-    for name, rps, cpu, upstream, exact, exact_upstream in rows:
+    orthanc = statistics.median(rows[0][4])
+    exact_orthanc = statistics.median(rows[0][6])
+    p50_direct = statistics.median(rows[0][2])
+    out = ["| side (1 client) | req/s | p50 ms | ÷ direct's | CPU µs/request (utime+stime) | ÷ Orthanc's "
+           "| on-CPU µs/request (schedstat) | ÷ Orthanc's |", "|---|---|---|---|---|---|---|---|"]
+    for name, rps, p50, cpu, upstream, exact, exact_upstream in rows:
         direct = name.startswith("direct")
         own = statistics.median(upstream if direct else cpu)
         on_cpu = statistics.median(exact_upstream if direct else exact)
-        out.append(f"| {name} | {statistics.median(rps):.0f} | {own:.0f} | {own / orthanc:.2f}x | {on_cpu:.0f} | "
-                   f"{on_cpu / exact_orthanc:.2f}x |")
+        latency = statistics.median(p50)
+        out.append(f"| {name} | {statistics.median(rps):.0f} | {latency:.2f} | {latency / p50_direct:.2f}x | "
+                   f"{own:.0f} | {own / orthanc:.2f}x | {on_cpu:.0f} | {on_cpu / exact_orthanc:.2f}x |")
     return "\n".join(out)
 
 
