@@ -110,7 +110,7 @@ async def _misfiled_by_search(upstream: UpstreamClient, files: list[StoredFile])
 
 
 async def _remove(upstream: UpstreamClient, item: StoredFile) -> int:
-    """Delete the instances holding this SOP Instance UID; how many were deleted.
+    """Delete the instances holding this SOP Instance UID; 1 when all of them were deleted, else 0.
 
     Only a patient's upload is read back, and its instances are fresh archive-wide: `ExamUploads` looks each SOP
     Instance UID up anywhere in the archive before storing and never sends one already held. So whatever holds the
@@ -120,8 +120,8 @@ async def _remove(upstream: UpstreamClient, item: StoredFile) -> int:
     except UpstreamError as exc:  # as a failed DELETE (`native_delete`): the 502 and its security event still go out
         log.warning("upstream_cleanup_failed", operation="stow_readback_remove", error=exc.code, message=exc.message)
         return 0
-    removed = 0
-    for kind, resource_id in found:
-        if kind == "Instance":
-            removed += await upstream.native_delete(resource_id, operation="stow_readback_remove")
-    return removed
+    # A file counts as removed when every instance holding its UID was deleted: one copy deleted must not cover
+    # another left in place (the answer's "removed" and the security event count files).
+    instances = [resource_id for kind, resource_id in found if kind == "Instance"]
+    deleted = [await upstream.native_delete(i, operation="stow_readback_remove") for i in instances]
+    return int(bool(deleted) and all(deleted))

@@ -11,6 +11,7 @@ upload's instances are removed again where the profile can, by their exact Ortha
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import structlog
 
@@ -39,7 +40,18 @@ class SharedUids:
                                          for patient, resources in by_patient.items()))
         return set().union(*answers)
 
-    async def refuse_after_store(self, taken: set[str], stored: list[Upload]) -> None:
+    async def refuse_after_store(self, lookups: Awaitable[set[str]], stored: list[Upload]) -> None:
+        """After an upload stored before its `taken` lookups answered: 409 and the stored instances removed when a
+        UID holds another patient's data. When the lookups fail, nothing says the UIDs were free: the stored
+        instances are removed too and the failure is raised (fail closed)."""
+        try:
+            taken = await lookups
+        except Exception:
+            removed = await self.remove(stored)
+            log.warning("security_shared_uid_check_failed", message="the shared-UID lookups of an upload stored "
+                        "before they answered failed; its stored instances were removed", instances=len(stored),
+                        removed=removed)
+            raise
         if not taken:
             return
         removed = await self.remove(stored)

@@ -101,7 +101,7 @@ class ExamUploads:
                     refuse_taken(taken.result())
                 dataset = await store(self._upstream, fresh)
                 if optimistic:
-                    await self._shared.refuse_after_store(await taken, fresh)
+                    await self._shared.refuse_after_store(taken, fresh)
             finally:
                 for task in (taken, lookup):
                     task.cancel()

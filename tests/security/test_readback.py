@@ -37,13 +37,14 @@ class CoercingPacs:
     """Forwards to Orthanc, replacing `old` with `new` (same length) in every STOW-RS body: files what it is sent
     under another PatientID. `fail_deletes`: answers 500 to every DELETE, as a PACS failing the clean-up would;
     `lookup_delay_s`: answers `/tools/lookup` that much later (a clinician's upload is then stored before its
-    shared-UID lookups are in)."""
+    shared-UID lookups are in); `fail_lookups`: then answers them 500."""
 
     target: str
     old: bytes = b""
     new: bytes = b""
     fail_deletes: bool = False
     lookup_delay_s: float = 0.0
+    fail_lookups: bool = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
@@ -54,6 +55,10 @@ class CoercingPacs:
             return
         if scope["path"] == "/tools/lookup":
             await asyncio.sleep(self.lookup_delay_s)
+            if self.fail_lookups:
+                await send({"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
         if scope["method"] == "POST" and scope["path"] == "/dicom-web/studies":
             body = body.replace(self.old, self.new) if self.old else body
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")]
@@ -154,3 +159,21 @@ async def test_read_back_removes_an_instance_orthanc_holds_under_another_id(orth
     assert raised.value.details == {"reason": "patient_id_mismatch", "instances": [instance.sop_uid], "removed": 1}
     assert [entry["event"] for entry in logs] == ["security_patient_id_mismatch"]
     assert await filed_under(orthanc.url, instance.sop_uid) == [filed]  # stored again above, and kept
+
+
+async def test_the_removed_count_counts_files_not_the_copies_holding_their_uid(orthanc: Orthanc) -> None:
+    """Two copies hold the misfiled file's SOP Instance UID (under two other patients): both are deleted, and the
+    file counts once, so a file of two copies can never cover another file whose copy stayed."""
+    checked = new_patient_id("CHECKED")
+    first = generated(new_patient_id("FILED"))
+    second = generated(new_patient_id("THIRD"), sop_uid=first.sop_uid)
+    for copy in (first, second):
+        assert await stow_direct(orthanc.dicomweb_url, copy.data) == 200
+    header = InstanceHeader(first.study_uid, first.series_uid, first.sop_uid, "1.2.840.10008.5.1.4.1.1.2", checked)
+    answer = DicomJson({"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [first.sop_uid]}}]}})
+    settings = make_settings(pacs_service_url=orthanc.dicomweb_url, pacs_profile="orthanc")
+    async with upstream_client(settings, Metrics()) as upstream:
+        with pytest.raises(UpstreamFailed) as raised:
+            await verify_filed_patient(upstream, [_Stored(header)], answer)
+    assert raised.value.details == {"reason": "patient_id_mismatch", "instances": [first.sop_uid], "removed": 1}
+    assert await filed_under(orthanc.url, first.sop_uid) == []

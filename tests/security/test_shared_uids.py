@@ -106,6 +106,23 @@ async def test_a_clinicians_upload_stored_before_its_lookups_answered_is_removed
         assert intrusion.sop_uid in stored_sops(orthanc, study)
 
 
+async def test_a_clinicians_upload_whose_late_lookups_fail_is_removed_again_and_502(orthanc: Orthanc) -> None:
+    """Stored before its shared-UID lookups answered, and then they fail: nothing says its UIDs were free, so the
+    stored instance is removed again (fail closed) and the upload is answered as the failure, not left in place."""
+    victim, study, _ = victim_study(orthanc)
+    intrusion = generated(new_patient_id("ATTACKER"), study_uid=study)
+    with serve(CoercingPacs(orthanc.url, fail_lookups=True, lookup_delay_s=0.5)) as pacs:
+        async with gateway(f"{pacs.url}/dicom-web", pacs_profile="orthanc") as client:
+            with capture_logs() as logs:
+                response = await Exams(client).upload(intrusion, headers=clinician())
+    error(response, 502, "upstream_error")
+    [event] = [entry for entry in logs if entry["event"] == "security_shared_uid_check_failed"]
+    assert (event["log_level"], event["instances"], event["removed"]) == ("warning", 1, 1)
+    assert victim not in str(logs)
+    assert stored_patients(orthanc, study) == [victim]
+    assert intrusion.sop_uid not in stored_sops(orthanc, study)
+
+
 async def test_an_upload_into_another_patients_series_uid_under_a_new_study_is_409(
     orthanc: Orthanc, client: httpx.AsyncClient
 ) -> None:
