@@ -9,12 +9,9 @@ a PACS coercing identifiers would), and the read-back on its own against a file 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
-import httpx
 import pytest
-from starlette.types import Receive, Scope, Send
 from structlog.testing import capture_logs
 
 from gateway.components import upstream_client
@@ -28,50 +25,8 @@ from tests.security.crafted import filed_under, stow_direct
 from tests.support.dicom_factory import generated
 from tests.support.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
 from tests.support.orthanc import Orthanc
-from tests.support.recorder import read_body
+from tests.support.pacs_standin import CoercingPacs
 from tests.support.servers import serve
-
-
-@dataclass
-class CoercingPacs:
-    """Forwards to Orthanc, replacing `old` with `new` (same length) in every STOW-RS body: files what it is sent
-    under another PatientID. `fail_deletes`: answers 500 to every DELETE, as a PACS failing the clean-up would;
-    `lookup_delay_s`: answers `/tools/lookup` that much later (a clinician's upload is then stored before its
-    shared-UID lookups are in); `fail_lookups`: then answers them 500."""
-
-    target: str
-    old: bytes = b""
-    new: bytes = b""
-    fail_deletes: bool = False
-    lookup_delay_s: float = 0.0
-    fail_lookups: bool = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert scope["type"] == "http"
-        body = await read_body(receive)
-        if self.fail_deletes and scope["method"] == "DELETE":
-            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if scope["path"] == "/tools/lookup":
-            await asyncio.sleep(self.lookup_delay_s)
-            if self.fail_lookups:
-                await send({"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]})
-                await send({"type": "http.response.body", "body": b""})
-                return
-        if scope["method"] == "POST" and scope["path"] == "/dicom-web/studies":
-            body = body.replace(self.old, self.new) if self.old else body
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")]
-        url = self.target + scope["raw_path"].decode("latin-1")
-        if scope["query_string"]:
-            url += "?" + scope["query_string"].decode("latin-1")
-        async with httpx.AsyncClient(timeout=60) as client:
-            response = await client.request(scope["method"], httpx.URL(url), headers=headers, content=body)
-        out = [(k.encode(), v.encode()) for k, v in response.headers.items()
-               if k.lower() not in ("content-length", "transfer-encoding", "connection")]
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [*out, (b"content-length", str(len(response.content)).encode())]})
-        await send({"type": "http.response.body", "body": response.content})
 
 
 @pytest.mark.parametrize("profile", ["orthanc", "standard"])

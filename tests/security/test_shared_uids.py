@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 from tests.callbacks.test_callbacks import stow_direct
 from tests.security.shared_uids import SharedScene, shared_scene
-from tests.security.test_readback import CoercingPacs
 from tests.support.dicom_factory import generated, new_uid
 from tests.support.exams_support import Exams, clinician, error, gateway, new_patient_id, patient
 from tests.support.orthanc import Orthanc
+from tests.support.pacs_standin import CoercingPacs
 from tests.support.servers import serve
 
 VIEWER_SECRET = "viewer-secret-for-the-shared-uid-tests-0123456789"
