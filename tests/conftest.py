@@ -38,6 +38,19 @@ atexit.register(shutil.rmtree, _TEST_DATA, ignore_errors=True)
 os.environ["DATABASE_URL"] = f"sqlite:///{_TEST_DATA / 'gateway.db'}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--image", metavar="REF", default=None,
+                     help="the built container image that tests/image/ runs (`make image-test`); without it, "
+                          "tests/image/ is not collected")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/image/ needs a built image and podman: only `make image-test` (which passes --image) runs it."""
+    if collection_path == Path(__file__).parent / "image" and config.getoption("--image") is None:
+        return True
+    return None
+
+
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     """The session's Orthanc, on free ports, stopped (and waited for) at the end of the run."""

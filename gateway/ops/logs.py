@@ -30,7 +30,8 @@ def add_request_id(logger: WrappedLogger, method: str, event: EventDict) -> Even
 
 
 def configure_logging(level: LogLevel, fmt: LogFormat) -> None:
-    """Configure structlog and the stdlib loggers (uvicorn's) to emit through one renderer to stderr."""
+    """Configure structlog and the stdlib loggers (uvicorn's) to emit through one renderer to stdout (what
+    container runtimes and Kubernetes collect as the log stream; stderr keeps only a failure to start)."""
     shared: list[structlog.types.Processor] = [
         add_request_id,
         structlog.processors.add_log_level,
@@ -43,11 +44,11 @@ def configure_logging(level: LogLevel, fmt: LogFormat) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
     # uvicorn's and other libraries' stdlib records go through the same renderer, so the stream stays one format.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

@@ -42,9 +42,9 @@ async def test_one_json_line_per_request_with_route_template_and_no_phi(
         capsys.readouterr()
         response = await client.get(f"/-/ready?PatientID={PATIENT_ID}", headers={"X-Request-ID": "req-1"})
         await client.get(f"/nothing/{PATIENT_ID}")
-        err = capsys.readouterr().err
+        out = capsys.readouterr().out
     assert response.status_code == 503
-    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     requests = [line for line in lines if line["event"] == "request"]
     assert len(requests) == 2
     ready = requests[0]
@@ -55,15 +55,15 @@ async def test_one_json_line_per_request_with_route_template_and_no_phi(
     assert ready["duration_ms"] >= ready["upstream_ms"] >= 0
     assert ready["upstream_calls"] == 0  # the connection was refused before any answer
     assert requests[1]["route"] == "<unmatched>"
-    assert PATIENT_ID not in err  # neither the query nor the unmatched path reach logs at info level
+    assert PATIENT_ID not in out  # neither the query nor the unmatched path reach logs at info level
 
 
 async def test_debug_level_logs_the_request_target(app_client: AppClient, capsys: pytest.CaptureFixture[str]) -> None:
     async with app_client(log_level="debug") as client:
         capsys.readouterr()
         await client.get(f"/-/healthz?PatientID={PATIENT_ID}")
-        err = capsys.readouterr().err
-    assert PATIENT_ID in err
+        out = capsys.readouterr().out
+    assert PATIENT_ID in out
 
 
 async def test_metrics_count_requests_by_route_template_and_status(app_client: AppClient) -> None:
@@ -140,9 +140,9 @@ async def test_dicomweb_requests_are_labelled_by_their_resource_template_without
     async with app_client() as client:
         capsys.readouterr()
         answer = await client.request(method, path)
-        err = capsys.readouterr().err
+        out = capsys.readouterr().out
         text = (await client.get("/-/metrics")).text
-    access = [json.loads(line) for line in err.splitlines() if line.startswith('{"method"')]
+    access = [json.loads(line) for line in out.splitlines() if line.startswith('{"method"')]
     assert [line["route"] for line in access] == [template]
     assert f'gateway_requests_total{{method="{method}",route="{template}",status="{answer.status_code}"}} 1.0' in text
     labels = " ".join(re.findall(r'route="[^"]*"', text))

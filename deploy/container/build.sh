@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Build the gateway's container image with podman (no Docker engine needed): `make image` runs this.
+#
+#   deploy/container/build.sh [TAG]        (default: localhost/dicom-gateway:dev)
+#
+# The base image, by IMAGE_BASE:
+#   auto      (default) the Dockerfile's own base (python:3.11-slim-bookworm) when a registry answers for it,
+#             else a Debian base made from Debian's packages (below);
+#   registry  the Dockerfile's own base; fail if it cannot be pulled;
+#   debian    always the Debian base;
+#   any other value: that image reference, passed as PYTHON_IMAGE.
+# The Debian base is mmdebstrap's minbase of bookworm with Python 3.11, its venv module and the CA certificates.
+# It is tagged with the hash of what made it (suite, packages, options), so it is built once per machine and
+# rebuilt when that list changes.
+#
+# Settings, for machines that need them (environment variables):
+#   IMAGE_RUNTIME  the OCI runtime podman uses (default runc: crun's rlimit calls are refused inside some VMs)
+#   IMAGE_CA_FILE  a CA bundle mounted read-only at Debian's bundle path during the build, for a registry behind a
+#                  TLS-intercepting proxy (default: the host's /etc/ssl/certs/ca-certificates.crt when present;
+#                  empty for none)
+#   IMAGE_BUILD_NETWORK  the build's network (default host: the steps that install the locked wheels reach the
+#                  package index as the host does)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TAG="${1:-localhost/dicom-gateway:dev}"
+IMAGE_BASE="${IMAGE_BASE:-auto}"
+IMAGE_RUNTIME="${IMAGE_RUNTIME:-runc}"
+IMAGE_CA_FILE="${IMAGE_CA_FILE-/etc/ssl/certs/ca-certificates.crt}"
+IMAGE_BUILD_NETWORK="${IMAGE_BUILD_NETWORK:-host}"
+DEBIAN_SUITE=bookworm
+DEBIAN_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
+# Documentation, manuals and translations are left out of the base; the copyright files stay.
+DEBIAN_OPTIONS=(--variant=minbase
+    "--dpkgopt=path-exclude=/usr/share/doc/*" "--dpkgopt=path-include=/usr/share/doc/*/copyright"
+    "--dpkgopt=path-exclude=/usr/share/man/*" "--dpkgopt=path-exclude=/usr/share/info/*"
+    "--dpkgopt=path-exclude=/usr/share/locale/*")
+
+log() { echo "image: $*" >&2; }
+podman_() { podman --runtime "$IMAGE_RUNTIME" "$@"; }
+
+# The Dockerfile's default base, read from the Dockerfile so that there is one place that names it.
+default_base() {
+    sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' deploy/container/Dockerfile
+}
+
+debian_base() {
+    local digest tag tar
+    digest="$(printf '%s\n' "$DEBIAN_SUITE" "$DEBIAN_PACKAGES" "${DEBIAN_OPTIONS[@]}" | sha256sum | cut -c1-12)"
+    tag="localhost/dicom-gateway-base:${DEBIAN_SUITE}-${digest}"
+    if podman_ image exists "$tag"; then
+        log "Debian base $tag already built"
+    else
+        tar="$(mktemp --suffix=.tar)"
+        trap 'rm -f "$tar"' RETURN
+        log "building the Debian base $tag with mmdebstrap ($DEBIAN_PACKAGES)"
+        mmdebstrap --quiet "${DEBIAN_OPTIONS[@]}" --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$tar" >&2
+        podman_ import --quiet "$tar" "$tag" >/dev/null
+    fi
+    echo "$tag"
+}
+
+pullable() {
+    podman_ image exists "$1" || timeout 300 podman_ pull --quiet "$1" >/dev/null 2>&1
+}
+
+case "$IMAGE_BASE" in
+    auto)
+        base="$(default_base)"
+        if pullable "$base"; then
+            log "base $base (from its registry)"
+        else
+            log "no registry answers for $base: using a Debian base made from Debian's packages"
+            base="$(debian_base)"
+        fi ;;
+    registry)
+        base="$(default_base)"
+        pullable "$base" || { log "cannot pull $base"; exit 1; } ;;
+    debian) base="$(debian_base)" ;;
+    *) base="$IMAGE_BASE" ;;
+esac
+
+build_args=(--network "$IMAGE_BUILD_NETWORK" --build-arg "PYTHON_IMAGE=$base")
+if [[ -n "$IMAGE_CA_FILE" ]]; then
+    [[ -r "$IMAGE_CA_FILE" ]] || { log "IMAGE_CA_FILE=$IMAGE_CA_FILE cannot be read"; exit 1; }
+    build_args+=(--volume "$IMAGE_CA_FILE:/etc/ssl/certs/ca-certificates.crt:ro")
+fi
+# --format docker keeps the HEALTHCHECK in the image's configuration (the OCI format has no field for it).
+# --ignorefile: the allow-list next to the Dockerfile, as BuildKit reads it.
+started=$(date +%s)
+podman_ build --quiet --format docker --layers "${build_args[@]}" \
+    --ignorefile deploy/container/Dockerfile.dockerignore \
+    -f deploy/container/Dockerfile -t "$TAG" . >/dev/null
+size=$(podman_ image inspect --format '{{.Size}}' "$TAG")
+log "built $TAG from $base in $(( $(date +%s) - started )) s: $(( size / 1024 / 1024 )) MiB"

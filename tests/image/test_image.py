@@ -1,0 +1,202 @@
+"""The built image, as gateway-sidecar.yaml runs it, in front of the test Orthanc (issue 16, `make image-test`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO_ROOT, TokenIssuer
+from tests.image.conftest import CONTAINER_TMP, PORT
+from tests.support.container import Container, image_config, image_size, run_once
+from tests.support.deployment import gateway_container, probe_target, runtime_stage
+from tests.support.dicom_factory import generated
+from tests.support.exams_support import new_patient_id
+from tests.support.receivers import Receiver
+from tests.support.servers import ThreadedServer
+
+GATEWAY = f"http://127.0.0.1:{PORT}"
+# The image carries the gateway's runtime: a tenth of this is what the Debian base and the venv weigh together.
+# A dev tool, a compiler or a second Python would push it past this.
+MAX_IMAGE_MIB = 400
+
+
+def wait_ready(timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{GATEWAY}/-/ready", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.TransportError as error:
+            last = repr(error)
+        time.sleep(0.2)
+    raise AssertionError(f"the container was not ready within {timeout} s: {last}")
+
+
+def keycloak_token(issuer: TokenIssuer, role: str, **claims: Any) -> dict[str, str]:
+    """A bearer token shaped as the hospital's Keycloak issues it (roles under realm_access, config/orthanc.env)."""
+    token = issuer.token(roles=None, realm_access={"roles": [role]}, **claims)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def running(sidecar: Container) -> Container:
+    wait_ready()
+    return sidecar
+
+
+def test_the_image_is_configured_as_its_dockerfile_says(image: str) -> None:
+    config = image_config(image)
+    stage = runtime_stage()
+    assert config["User"] == stage.user
+    assert config["Entrypoint"] == stage.entrypoint
+    assert set(config["ExposedPorts"]) == {f"{port}/tcp" for port in stage.exposed}
+    assert set(config["Volumes"]) == set(stage.volumes)
+    assert config["WorkingDir"] == stage.workdir
+    assert config["Healthcheck"]["Test"] == ["CMD", *stage.healthcheck]
+
+
+def test_ready_then_an_upload_a_search_and_a_retrieval(running: Container,
+                                                       identity: tuple[TokenIssuer, ThreadedServer],
+                                                       subscriber: Receiver) -> None:
+    issuer = identity[0]
+    patient_id = new_patient_id("IMG")
+    instance = generated(patient_id, rows=128, columns=96)
+    ready = httpx.get(f"{GATEWAY}/-/ready", timeout=10)
+    assert ready.json() == {"status": "ready", "upstream": "orthanc"}
+
+    upload = httpx.post(f"{GATEWAY}/exams", files=[("file", ("a.dcm", instance.data, "application/dicom"))],
+                        headers=keycloak_token(issuer, "clinician"), timeout=30)
+    assert upload.status_code == 200, upload.text
+
+    patient = keycloak_token(issuer, "patient", patient_id=patient_id)
+    studies = httpx.get(f"{GATEWAY}/exams/studies", params={"PatientId": patient_id}, headers=patient, timeout=30)
+    assert studies.status_code == 200, studies.text
+    assert [study["0020000D"]["Value"] for study in studies.json()] == [[instance.study_uid]]
+
+    path = f"/exams/studies/{instance.study_uid}/series/{instance.series_uid}/instance/{instance.sop_uid}"
+    retrieved = httpx.get(f"{GATEWAY}{path}", params={"PatientId": patient_id, "fileType": "application/dicom"},
+                          headers=patient, timeout=30)
+    assert retrieved.status_code == 200, retrieved.text
+    # The gateway zeroes the preamble of what it stores (a preamble can smuggle another format); the rest is as sent.
+    assert retrieved.content == bytes(128) + instance.without_preamble
+
+    other = keycloak_token(issuer, "patient", patient_id=new_patient_id("IMG"))
+    refused = httpx.get(f"{GATEWAY}{path}", params={"PatientId": patient_id}, headers=other, timeout=30)
+    assert refused.status_code == 403, refused.text
+
+    # The new-exam follower saw the study in Orthanc's change feed, stored the event on the /data volume and
+    # delivered it to config/orthanc.env's subscriber (here on loopback).
+    deadline = time.monotonic() + 30
+    while instance.study_uid not in subscriber.events_by_study() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert instance.study_uid in subscriber.events_by_study()
+    database = running.exec("ls", "-ln", "/data/gateway.db")
+    assert database.returncode == 0, database.stderr
+    assert database.stdout.split()[2:4] == ["10001", "10001"], database.stdout
+
+
+def test_its_logs_are_json_lines_on_stdout_without_phi(running: Container,
+                                                        identity: tuple[TokenIssuer, ThreadedServer]) -> None:
+    patient_id = new_patient_id("LOG")
+    patient = keycloak_token(identity[0], "patient", patient_id=patient_id)
+    answer = httpx.get(f"{GATEWAY}/exams/studies", params={"PatientId": patient_id}, headers=patient, timeout=30)
+    assert answer.status_code == 200, answer.text
+    stdout, stderr = running.logs()
+    assert stderr == ""
+    events = [json.loads(line) for line in stdout.splitlines()]  # every line is one JSON object
+    assert all(isinstance(event, dict) and "event" in event for event in events)
+    started = [event for event in events if event["event"] == "gateway_started"]
+    assert len(started) == 1, stdout
+    searches = [event for event in events if event.get("route") == "/exams/studies"]
+    assert searches
+    assert all(event.get("request_id") for event in searches), searches
+    assert patient_id not in stdout
+
+
+def test_the_healthcheck_command_succeeds_and_fails_when_nothing_listens(running: Container, image: str) -> None:
+    command = image_config(image)["Healthcheck"]["Test"]
+    assert command[0] == "CMD"
+    result = running.exec(*command[1:])
+    assert result.returncode == 0, result.stderr
+    # The same command where nothing listens (a container of the image on a network of its own, no gateway).
+    alone = run_once(image, *command[2:], entrypoint=command[1], options=("--network", "none"))
+    assert alone.returncode != 0
+    assert "Connection refused" in alone.stderr, alone.stderr
+
+
+def test_the_sidecar_manifests_exec_probes_succeed(running: Container) -> None:
+    container = gateway_container("sidecar")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert probe_target(command)[:2] == ("127.0.0.1", PORT)
+        result = running.exec(*command)
+        assert result.returncode == 0, (probe, result.stderr)
+
+
+def test_it_runs_as_the_non_root_user_on_a_read_only_root(running: Container) -> None:
+    assert running.exec("id", "-u").stdout.strip() == "10001"
+    status = running.exec("cat", "/proc/1/status").stdout
+    assert [line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))] == \
+        [["10001"] * 4, ["10001"] * 4]
+    for path in ("/srv/gateway/written", "/opt/venv/written", "/etc/written"):
+        denied = running.exec("touch", path)
+        assert denied.returncode != 0, path
+        assert "Read-only file system" in denied.stderr, (path, denied.stderr)
+    assert running.exec("touch", "/data/written").returncode == 0
+    assert running.exec("touch", f"{CONTAINER_TMP}/written").returncode == 0
+    capabilities = [line.split()[1] for line in status.splitlines() if line.startswith(("CapEff:", "CapPrm:"))]
+    assert capabilities == ["0000000000000000", "0000000000000000"]
+
+
+def _runtime_lock() -> dict[str, str]:
+    """name -> version of requirements.lock's runtime subset, as deploy/container/runtime_lock.py computes it."""
+    printed = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "python"), "deploy/container/runtime_lock.py",
+                              "pyproject.toml", "requirements.lock"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    pins = [line.split(" ")[0] for line in printed.splitlines() if line and not line[0].isspace()
+            and not line.startswith("#")]
+    return {name.lower(): version for name, version in (pin.split("==") for pin in pins)}
+
+
+def _lock() -> dict[str, str]:
+    text = (REPO_ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pins = [line.split(" ")[0] for line in text.splitlines() if line and not line[0].isspace()
+            and not line.startswith("#")]
+    return {name.lower(): version for name, version in (pin.split("==") for pin in pins)}
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_it_holds_the_runtime_lock_and_no_dev_tools(image: str) -> None:
+    listing = run_once(image, "-I", "-c", "import importlib.metadata as m, json; "
+                       "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+                       entrypoint="python")
+    assert listing.returncode == 0, listing.stderr
+    installed = {_normalise(name): version for name, version in json.loads(listing.stdout).items()}
+    runtime = {_normalise(name): version for name, version in _runtime_lock().items()}
+    gateway_version = installed.pop("dicom-gateway")
+    assert gateway_version
+    assert installed == runtime
+    dev_only = {_normalise(name) for name in _lock()} - set(runtime)
+    assert {"pytest", "mypy", "ruff", "uv", "setuptools"} <= dev_only  # pinned in the lock, not in the image
+    assert "pip" not in installed
+    tools = run_once(image, "-c", "for t in pip pip3 uv ruff mypy pytest gcc cc make git; do command -v $t; done",
+                     entrypoint="sh")
+    assert tools.stdout == "", tools.stdout
+
+
+def test_its_size_is_printed_and_bounded(image: str, capsys: pytest.CaptureFixture[str]) -> None:
+    size_mib = image_size(image) / 2**20
+    with capsys.disabled():
+        print(f"\nimage {image}: {size_mib:.0f} MiB")
+    assert size_mib < MAX_IMAGE_MIB
