@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' requirements.lock)
 
-.PHONY: install deps run test lint lock clean
+.PHONY: install deps run test lint lock clean image image-test
+# The image `make image` builds and `make image-test` runs.
+IMAGE ?= localhost/dicom-gateway:dev
 
 ## install: create .venv from the lock file (a no-op when nothing changed)
 install: $(STAMP)
@@ -43,6 +45,16 @@ lock:
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+## image: the container image (deploy/container/Dockerfile) built with podman; its base from a registry when one
+## answers, else made from Debian's packages (deploy/container/build.sh has the settings)
+image:
+	@deploy/dev/install-deps.sh image
+	deploy/container/build.sh $(IMAGE)
+
+## image-test: the built image run as the Kubernetes manifests run it, in front of a test Orthanc (tests/image/)
+image-test: deps install image
+	$(BIN)/pytest tests/image --image $(IMAGE)
 
 ## bench: the gateway against direct Orthanc (QIDO, WADO, STOW, RSS); prints and writes bench/results.md (~5 min)
 bench: deps install

@@ -25,6 +25,9 @@ from gateway.settings import Settings, SettingsError, load_settings
 
 # How a worker process finds the --env-file its supervisor was given (workers are spawned, not forked).
 _ENV_FILE_VARIABLE = "DICOM_GATEWAY_SERVE_ENV_FILE"
+# After SIGTERM: stop accepting, let requests in flight finish for up to this long, then close what is left. The
+# deployments' grace periods (deploy/) leave room for it.
+DRAIN_TIMEOUT_S = 30
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     # loop "auto" picks uvloop; http is httptools with the edge's limits on request heads (gateway.edge.http);
     # logging is ours (log_config=None).
     options = dict(host=args.host, port=args.port, loop="auto", log_config=None, proxy_headers=False,
-                   server_header=False, timeout_graceful_shutdown=30)
+                   server_header=False, timeout_graceful_shutdown=DRAIN_TIMEOUT_S)
     if args.workers == 1:
         uvicorn.run(_ready(settings), http=protocol_for(edge_limits(settings)), **options)
         return 0

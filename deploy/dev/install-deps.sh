@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Idempotently install the Debian packages needed for the tests and `make run`.
-# Fast no-op when everything is already installed.
+# Idempotently install the Debian packages needed for the tests and `make run`; with `image`, those that build
+# and run the container image (`make image`, `make image-test`) too. Fast no-op when everything is installed.
+#
+#   install-deps.sh [image]
 set -euo pipefail
 
 PACKAGES=(orthanc orthanc-dicomweb orthanc-gdcm postgresql curl chromium rsyslog rsyslog-gnutls libxml2-utils nginx wrk)
+# podman with runc as its runtime (deploy/container/build.sh says why not crun); mmdebstrap for the Debian base.
+if [[ "${1:-}" == image ]]; then
+    PACKAGES+=(podman runc mmdebstrap)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -97,11 +97,16 @@ def probe_target(command: list[str]) -> tuple[str, int, str]:
     return parts.hostname, parts.port, parts.path
 
 
-def pod(shape: str) -> dict[str, Any]:
-    """The pod spec of the manifest's workload ("deployment" or "sidecar")."""
+def workload(shape: str) -> dict[str, Any]:
+    """The Deployment of the manifest for `shape` ("deployment" or "sidecar")."""
     documents = list(yaml.safe_load_all(MANIFESTS[shape].read_text(encoding="utf-8")))
-    workload = next(document for document in documents if document and document["kind"] == "Deployment")
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    found: dict[str, Any] = next(document for document in documents if document and document["kind"] == "Deployment")
+    return found
+
+
+def pod(shape: str) -> dict[str, Any]:
+    """The pod spec of the manifest's workload."""
+    spec: dict[str, Any] = workload(shape)["spec"]["template"]["spec"]
     return spec
 
 
