@@ -20,6 +20,8 @@
 #                  empty for none)
 #   IMAGE_BUILD_NETWORK  the build's network (default host: the steps that install the locked wheels reach the
 #                  package index as the host does)
+#   IMAGE_BUILD_OPTIONS  more `podman build` options, split on spaces (e.g. a pip.conf mounted for a mirror:
+#                  `--volume /etc/pip.conf:/etc/pip.conf:ro`); no committed file names a package index
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -80,7 +82,8 @@ case "$IMAGE_BASE" in
     *) base="$IMAGE_BASE" ;;
 esac
 
-build_args=(--network "$IMAGE_BUILD_NETWORK" --build-arg "PYTHON_IMAGE=$base")
+read -r -a build_args <<< "${IMAGE_BUILD_OPTIONS:-}"
+build_args+=(--network "$IMAGE_BUILD_NETWORK" --build-arg "PYTHON_IMAGE=$base")
 if [[ -n "$IMAGE_CA_FILE" ]]; then
     [[ -r "$IMAGE_CA_FILE" ]] || { log "IMAGE_CA_FILE=$IMAGE_CA_FILE cannot be read"; exit 1; }
     build_args+=(--volume "$IMAGE_CA_FILE:/etc/ssl/certs/ca-certificates.crt:ro")
