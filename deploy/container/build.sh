@@ -32,8 +32,9 @@ IMAGE_CA_FILE="${IMAGE_CA_FILE-/etc/ssl/certs/ca-certificates.crt}"
 IMAGE_BUILD_NETWORK="${IMAGE_BUILD_NETWORK:-host}"
 DEBIAN_SUITE=bookworm
 DEBIAN_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
-# Documentation, manuals and translations are left out of the base; the copyright files stay.
-DEBIAN_OPTIONS=(--variant=minbase
+# Documentation, manuals and translations are left out of the base; the copyright files stay. The merged-usr hook
+# makes bookworm's merged /usr itself, where the usrmerge package would bring all of perl (49 MB) into the base.
+DEBIAN_OPTIONS=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
     "--dpkgopt=path-exclude=/usr/share/doc/*" "--dpkgopt=path-include=/usr/share/doc/*/copyright"
     "--dpkgopt=path-exclude=/usr/share/man/*" "--dpkgopt=path-exclude=/usr/share/info/*"
     "--dpkgopt=path-exclude=/usr/share/locale/*")
@@ -56,7 +57,7 @@ debian_base() {
         tar="$(mktemp --suffix=.tar)"
         trap 'rm -f "$tar"' RETURN
         log "building the Debian base $tag with mmdebstrap ($DEBIAN_PACKAGES)"
-        mmdebstrap --quiet "${DEBIAN_OPTIONS[@]}" --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$tar" >&2
+        mmdebstrap --quiet "${DEBIAN_OPTIONS[@]}" --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$tar" >/dev/null
         podman_ import --quiet "$tar" "$tag" >/dev/null
     fi
     echo "$tag"
