@@ -195,6 +195,18 @@ def test_it_holds_the_runtime_lock_and_no_dev_tools(image: str) -> None:
     assert tools.stdout == "", tools.stdout
 
 
+def test_the_build_left_no_host_file_behind(image: str) -> None:
+    """The build mounts the host's CA bundle (IMAGE_CA_FILE) for the package index: the image keeps its base's."""
+    base = image_config(image)["Labels"]["org.opencontainers.image.base.name"]
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    digests = [run_once(reference, bundle, entrypoint="sha256sum", options=("--user", "0")).stdout.split()[:1]
+               for reference in (image, base)]
+    assert digests[0], digests
+    assert digests[0] == digests[1]
+    for path in ("/src", "/opt/tools", f"{CONTAINER_TMP}/wheels", f"{CONTAINER_TMP}/runtime.lock"):
+        assert run_once(image, path, entrypoint="ls", options=("--user", "0")).returncode != 0, path
+
+
 def test_its_size_is_printed_and_bounded(image: str, capsys: pytest.CaptureFixture[str]) -> None:
     size_mib = image_size(image) / 2**20
     with capsys.disabled():
