@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotently install the Debian packages needed for the tests and `make run`; with `image`, those that build
-# and run the container image (`make image`, `make image-test`) too. Fast no-op when everything is installed.
+# Idempotently install the Debian packages needed for the tests and `make run`; with `image`, only those that
+# build and run the container image (`make image`). Fast no-op when everything is installed.
 #
 #   install-deps.sh [image]
 set -euo pipefail
@@ -8,7 +8,7 @@ set -euo pipefail
 PACKAGES=(orthanc orthanc-dicomweb orthanc-gdcm postgresql curl chromium rsyslog rsyslog-gnutls libxml2-utils nginx wrk)
 # podman with runc as its runtime (deploy/container/build.sh says why not crun); mmdebstrap for the Debian base.
 if [[ "${1:-}" == image ]]; then
-    PACKAGES+=(podman runc mmdebstrap)
+    PACKAGES=(podman runc mmdebstrap)
 fi
 
 missing=()

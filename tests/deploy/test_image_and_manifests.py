@@ -39,9 +39,13 @@ def test_the_image_runs_the_gateways_console_script_on_the_port_it_exposes() -> 
     assert STAGE.volumes == ["/data"]
 
 
-def test_the_images_healthcheck_asks_liveness_on_that_port() -> None:
+NO_PROXY = "r.build_opener(r.ProxyHandler({})).open("
+
+
+def test_the_images_healthcheck_asks_liveness_on_that_port_past_any_proxy() -> None:
     assert STAGE.healthcheck[:2] == ["python", "-c"]
     assert probe_target(STAGE.healthcheck) == ("127.0.0.1", PORT, "/-/healthz")
+    assert NO_PROXY in STAGE.healthcheck[2]  # urlopen would send it to an HTTP_PROXY from the environment
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -77,6 +81,7 @@ def test_the_sidecar_runs_the_entrypoints_program_on_loopback_and_probes_it_ther
         exec_command = container[probe]["exec"]["command"]
         assert exec_command[:2] == STAGE.healthcheck[:2], probe  # the image's python, as its HEALTHCHECK
         assert probe_target(exec_command) == ("127.0.0.1", PORT, path), probe
+        assert NO_PROXY in exec_command[2], probe
 
 
 async def test_the_probe_paths_are_the_gateways_liveness_and_readiness(app_client: AppClient) -> None:

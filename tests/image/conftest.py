@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import REPO_ROOT, TokenIssuer
-from tests.support.container import Container, podman
+from tests.support.container import Container, create_volume, podman, remove_leftovers
 from tests.support.deployment import gateway_container, listens_on, pod
 from tests.support.orthanc import Orthanc
 from tests.support.receivers import Receiver, receivers
@@ -43,6 +45,7 @@ def env_file(path: Path) -> dict[str, str]:
 def image(pytestconfig: pytest.Config) -> str:
     reference = pytestconfig.getoption("--image")
     assert isinstance(reference, str)
+    remove_leftovers()
     return reference
 
 
@@ -106,8 +109,14 @@ def container_env(tmp_path_factory: pytest.TempPathFactory, settings: dict[str, 
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether the image can bind the port on every address, as its ENTRYPOINT does on the host's network."""
     with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))  # noqa: S104 (a probe of the port, closed at once)
+        except OSError:
+            return False
+        return True
 
 
 def manifest_options(shape: str, volume: str, env: Path) -> list[str]:
@@ -129,7 +138,7 @@ def manifest_options(shape: str, volume: str, env: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def volume() -> Iterator[str]:
     name = f"dicom-gateway-test-data-{uuid.uuid4().hex[:8]}"
-    podman("volume", "create", name)
+    create_volume(name)
     try:
         yield name
     finally:
@@ -137,10 +146,31 @@ def volume() -> Iterator[str]:
 
 
 def started(container: Container) -> Container:
+    """The container, started and ready (GET /-/ready answered 200)."""
     assert _port_is_free(PORT), (f"port {PORT} is in use on this machine: the image listens there (the host's "
                                  "network), so stop what holds it (`make run`?) and run again")
     container.start()
+    wait_ready(container)
     return container
+
+
+def wait_ready(container: Container, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if container.state()["Status"] != "running":
+            break
+        try:
+            response = httpx.get(f"http://127.0.0.1:{PORT}/-/ready", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.TransportError as error:
+            last = repr(error)
+        time.sleep(0.2)
+    stdout, stderr = container.logs()
+    raise AssertionError(f"the container was not ready ({container.state()['Status']}; last answer: {last})\n"
+                         f"stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}")
 
 
 @pytest.fixture(scope="module")

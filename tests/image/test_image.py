@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, TokenIssuer
 from tests.image.conftest import CONTAINER_TMP, PORT
-from tests.support.container import Container, image_config, image_size, run_once
+from tests.support.container import Container, image_config, image_size, podman, run_once
 from tests.support.deployment import gateway_container, probe_target, runtime_stage
 from tests.support.dicom_factory import generated
 from tests.support.exams_support import new_patient_id
@@ -23,21 +24,8 @@ GATEWAY = f"http://127.0.0.1:{PORT}"
 # Measured: 268 MiB on the Debian base (the base about 123 MiB, /opt/venv 153 MB with its bytecode). A dev tool, a
 # compiler, a second Python or the build's wheels left behind would push it past this.
 MAX_IMAGE_MIB = 320
-
-
-def wait_ready(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{GATEWAY}/-/ready", timeout=5)
-            if response.status_code == 200:
-                return
-            last = response.text
-        except httpx.TransportError as error:
-            last = repr(error)
-        time.sleep(0.2)
-    raise AssertionError(f"the container was not ready within {timeout} s: {last}")
+# Where nothing listens: a request sent through this proxy would be refused.
+PROXIES = {name: "http://127.0.0.1:9" for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")}
 
 
 def keycloak_token(issuer: TokenIssuer, role: str, **claims: Any) -> dict[str, str]:
@@ -48,7 +36,6 @@ def keycloak_token(issuer: TokenIssuer, role: str, **claims: Any) -> dict[str, s
 
 @pytest.fixture(scope="module")
 def running(sidecar: Container) -> Container:
-    wait_ready()
     return sidecar
 
 
@@ -126,6 +113,8 @@ def test_the_healthcheck_command_succeeds_and_fails_when_nothing_listens(running
     assert command[0] == "CMD"
     result = running.exec(*command[1:])
     assert result.returncode == 0, result.stderr
+    # A proxy in the environment (a platform may inject one) does not take the request for 127.0.0.1 away.
+    assert running.exec(*command[1:], env=PROXIES).returncode == 0
     # The same command where nothing listens (a container of the image on a network of its own, no gateway).
     alone = run_once(image, *command[2:], entrypoint=command[1], options=("--network", "none"))
     assert alone.returncode != 0
@@ -137,12 +126,14 @@ def test_the_sidecar_manifests_exec_probes_succeed(running: Container) -> None:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         command = container[probe]["exec"]["command"]
         assert probe_target(command)[:2] == ("127.0.0.1", PORT)
-        result = running.exec(*command)
+        result = running.exec(*command, env=PROXIES)
         assert result.returncode == 0, (probe, result.stderr)
 
 
-def test_it_runs_as_the_non_root_user_on_a_read_only_root(running: Container) -> None:
+def test_it_runs_as_the_non_root_user_on_a_read_only_root(running: Container, image: str) -> None:
     assert running.exec("id", "-u").stdout.strip() == "10001"
+    # The image's own USER, without the manifest's runAsUser (as `docker run` starts it).
+    assert run_once(image, "-u", entrypoint="id").stdout.strip() == "10001"
     status = running.exec("cat", "/proc/1/status").stdout
     assert [line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))] == \
         [["10001"] * 4, ["10001"] * 4]
@@ -190,9 +181,24 @@ def test_it_holds_the_runtime_lock_and_no_dev_tools(image: str) -> None:
     dev_only = {_normalise(name) for name in _lock()} - set(runtime)
     assert {"pytest", "mypy", "ruff", "uv", "setuptools"} <= dev_only  # pinned in the lock, not in the image
     assert "pip" not in installed
-    tools = run_once(image, "-c", "for t in pip pip3 uv ruff mypy pytest gcc cc make git; do command -v $t; done",
-                     entrypoint="sh")
-    assert tools.stdout == "", tools.stdout
+    tools = run_once(image, "-c", "for t in pip pip3 uv ruff mypy pytest gcc cc make git; do command -v $t; done; "
+                     "echo END", entrypoint="sh")
+    assert tools.stdout == "END\n", tools.stdout
+
+
+def test_it_has_no_package_installer_and_no_setuid_file(image: str) -> None:
+    """Neither the venv's python nor the base's own can import pip, setuptools or wheel, no wheel file is left for
+    ensurepip or venv to install from, and no file can change the user it runs as."""
+    base_python = run_once(image, "-f", "/opt/venv/bin/python", entrypoint="readlink").stdout.strip()
+    assert base_python.startswith("/usr/"), base_python
+    for python in ("/opt/venv/bin/python", base_python):
+        found = run_once(image, "-I", "-c", "import importlib.util as u; "
+                         "print([m for m in ('pip', 'setuptools', 'wheel') if u.find_spec(m)])", entrypoint=python)
+        assert found.stdout.strip() == "[]", (python, found.stdout, found.stderr)
+    leftovers = run_once(image, "/", "-xdev", "(", "-name", "*.whl", "-o", "-type", "f", "-perm", "/6000", ")",
+                         "-print", entrypoint="find", options=("--user", "0"))
+    assert leftovers.returncode == 0, leftovers.stderr
+    assert leftovers.stdout == "", leftovers.stdout
 
 
 def test_the_build_left_no_host_file_behind(image: str) -> None:
@@ -204,7 +210,31 @@ def test_the_build_left_no_host_file_behind(image: str) -> None:
     assert digests[0], digests
     assert digests[0] == digests[1]
     for path in ("/src", "/opt/tools", f"{CONTAINER_TMP}/wheels", f"{CONTAINER_TMP}/runtime.lock"):
-        assert run_once(image, path, entrypoint="ls", options=("--user", "0")).returncode != 0, path
+        listed = run_once(image, path, entrypoint="ls", options=("--user", "0"))
+        assert listed.returncode == 2, (path, listed.stderr)  # ls's own "no such file", not podman's 125-127
+        assert "No such file or directory" in listed.stderr
+
+
+# What the runtime stage may add to its base and change in it (`podman image diff`): the venv, the user, the
+# directories, the setuid bits taken off (mode changes of /usr/bin's and /usr/sbin's files), and dpkg's own record
+# of the installers purged. Directories are "changed" when anything below them is.
+ADDED = re.compile(r"/opt/venv(/.*)?|/srv/gateway|/srv/gateway/data|/data|/etc/(g?shadow|passwd|group)-")
+CHANGED = re.compile(r"/|/etc|/etc/(g?shadow|passwd|group)-?|/opt|/srv|/usr|/usr/(bin|sbin)(/[\w.-]+)?"
+                     r"|/usr/lib|/usr/lib/python3\.11|/usr/share(/doc|/lintian|/lintian/overrides)?"
+                     r"|/var|/var/(cache|log|lib)(/apt)?|/var/lib/apt/(lists|extended_states)"
+                     r"|/var/lib/dpkg(/(info|lock|status|status-old|triggers|triggers/Lock))?")
+
+
+def test_the_image_adds_to_its_base_only_the_venv_the_user_and_the_directories(image: str) -> None:
+    """A file that a build-time mount, a copied source tree or a cache left behind is on neither list."""
+    base = image_config(image)["Labels"]["org.opencontainers.image.base.name"]
+    lines = podman("image", "diff", image, base).stdout.splitlines()
+    assert lines
+    entries = [line.split(" ", 1) for line in lines]
+    unexpected = sorted(f"{kind} {path}" for kind, path in entries
+                        if (kind == "A" and not ADDED.fullmatch(path)) or (kind == "C" and not CHANGED.fullmatch(path))
+                        or kind not in "ACD")
+    assert not unexpected, unexpected
 
 
 def test_its_size_is_printed_and_bounded(image: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,11 +41,29 @@ def image_size(image: str) -> int:
     return int(podman("image", "inspect", "--format", "{{.Size}}", image).stdout)
 
 
+# Every container and volume the tests make carries this label, so that what a killed run left behind can be found.
+LABEL = "dicom-gateway-test"
+
+
+def remove_leftovers() -> None:
+    """Containers and volumes of an earlier run that could not clean up (killed, timed out)."""
+    names = podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}").stdout.split()
+    if names:
+        podman("rm", "--force", "--volumes", "--time", "0", *names, check=False)
+    volumes = podman("volume", "ls", "--quiet", "--filter", f"label={LABEL}").stdout.split()
+    if volumes:
+        podman("volume", "rm", "--force", *volumes, check=False)
+
+
+def create_volume(name: str) -> None:
+    podman("volume", "create", "--label", LABEL, name)
+
+
 def run_once(image: str, *command: str, entrypoint: str, options: tuple[str, ...] = ()) -> \
         subprocess.CompletedProcess[str]:
     """`command` in a throwaway container of the image, with `entrypoint` instead of the image's."""
-    return podman("run", "--rm", "--no-healthcheck", *RUN_OPTIONS, *options, "--entrypoint", entrypoint, image,
-                  *command, check=False)
+    return podman("run", "--rm", "--label", LABEL, "--no-healthcheck", *RUN_OPTIONS, *options,
+                  "--entrypoint", entrypoint, image, *command, check=False)
 
 
 class Container:
@@ -66,11 +84,12 @@ class Container:
             args = self.command[1:]
         # --no-healthcheck: podman would hand the image's HEALTHCHECK to systemd timers, which these machines do
         # not run; the tests run its command themselves.
-        podman("run", "--detach", "--name", self.name, "--no-healthcheck", *RUN_OPTIONS, *self.options,
-               *entrypoint, self.image, *args)
+        podman("run", "--detach", "--name", self.name, "--label", LABEL, "--no-healthcheck", *RUN_OPTIONS,
+               *self.options, *entrypoint, self.image, *args)
 
-    def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
-        return podman("exec", self.name, *command, check=False)
+    def exec(self, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        variables = [f"--env={key}={value}" for key, value in (env or {}).items()]
+        return podman("exec", *variables, self.name, *command, check=False)
 
     def logs(self) -> tuple[str, str]:
         """What the container wrote to its stdout and to its stderr."""
@@ -96,4 +115,4 @@ class Container:
         raise AssertionError(f"{self.name} still runs {timeout} s later")
 
     def remove(self) -> None:
-        podman("rm", "--force", "--time", "0", self.name, check=False)
+        podman("rm", "--force", "--volumes", "--time", "0", self.name, check=False)

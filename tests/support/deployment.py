@@ -88,8 +88,8 @@ def listens_on(argv: list[str]) -> tuple[str, int]:
 
 
 def probe_target(command: list[str]) -> tuple[str, int, str]:
-    """(host, port, path) of an exec probe's `python -c "...urlopen('<url>'...)"`."""
-    urls = re.findall(r"urlopen\('([^']+)'", " ".join(command))
+    """(host, port, path) of an exec probe's `python -c "...open('<url>'...)"`."""
+    urls = re.findall(r"open\('([^']+)'", " ".join(command))
     assert len(urls) == 1, command
     parts = urlsplit(urls[0])
     assert parts.hostname is not None, urls[0]
