@@ -6,7 +6,6 @@ tests/image/ holds the built image to the same Dockerfile; these tests need no i
 
 from __future__ import annotations
 
-import re
 import tomllib
 
 import pytest
@@ -18,6 +17,7 @@ from tests.support.deployment import (
     gateway_container,
     listens_on,
     pod,
+    pre_stop_wait_s,
     probe_target,
     runtime_stage,
     workload,
@@ -97,11 +97,8 @@ async def test_the_probe_paths_are_the_gateways_liveness_and_readiness(app_clien
 def test_the_grace_period_covers_the_pre_stop_wait_and_the_whole_drain(shape: str) -> None:
     spec = pod(shape)
     grace = spec["terminationGracePeriodSeconds"]
-    waits = [float(match) for container in [*spec.get("initContainers", []), *spec["containers"]]
-             for match in re.findall(r"time\.sleep\(([\d.]+)\)",
-                                     " ".join(container.get("lifecycle", {}).get("preStop", {})
-                                              .get("exec", {}).get("command", [])))]
-    assert grace > sum(waits) + DRAIN_TIMEOUT_S, (grace, waits)
+    waits = pre_stop_wait_s(shape)
+    assert grace > waits + DRAIN_TIMEOUT_S, (grace, waits)
     # The Dockerfile's `docker run` example gives the same time.
     assert f"--stop-timeout {grace}" in DOCKERFILE.read_text(encoding="utf-8")
 

@@ -15,7 +15,7 @@ from tests.conftest import TokenIssuer
 from tests.image.conftest import PORT, manifest_options, started
 from tests.image.test_image import GATEWAY, keycloak_token
 from tests.support.container import Container
-from tests.support.deployment import pod, runtime_stage
+from tests.support.deployment import pod, pre_stop_wait_s, runtime_stage
 from tests.support.dicom_factory import generated
 from tests.support.exams_support import new_patient_id
 from tests.support.orthanc import Orthanc
@@ -44,10 +44,8 @@ def deployment(image: str, volume: str, container_env: Path) -> Iterator[Contain
 def test_sigterm_drains_the_download_in_flight_then_exits_within_the_grace_period(
         deployment: Container, pacs: Orthanc, identity: tuple[TokenIssuer, ThreadedServer],
         capsys: pytest.CaptureFixture[str]) -> None:
-    spec = pod("deployment")
-    pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     # Kubernetes counts the grace period from the pod's deletion: the preStop wait comes out of it first.
-    left_after_pre_stop_s = spec["terminationGracePeriodSeconds"] - float(pre_stop[-1].split("sleep(")[1].rstrip(")"))
+    left_after_pre_stop_s = pod("deployment")["terminationGracePeriodSeconds"] - pre_stop_wait_s("deployment")
     patient_id = new_patient_id("TERM")
     instance = generated(patient_id, rows=ROWS, columns=COLUMNS, frames=FRAMES, preamble=bytes(128))
     stored = httpx.post(f"{pacs.url}/instances", content=instance.data, auth=pacs.credentials, timeout=120)

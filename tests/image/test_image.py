@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO_ROOT, TokenIssuer
 from tests.image.conftest import CONTAINER_TMP, PORT
@@ -147,25 +148,19 @@ def test_it_runs_as_the_non_root_user_on_a_read_only_root(running: Container, im
     assert capabilities == ["0000000000000000", "0000000000000000"]
 
 
+def _pins(lock_text: str) -> dict[str, str]:
+    """Canonical name -> version of a lock's `name==version` entries (hash lines and comments left out)."""
+    pins = [line.split(" ")[0] for line in lock_text.splitlines() if line and not line[0].isspace()
+            and not line.startswith("#")]
+    return {canonicalize_name(name): version for name, version in (pin.split("==") for pin in pins)}
+
+
 def _runtime_lock() -> dict[str, str]:
-    """name -> version of requirements.lock's runtime subset, as deploy/container/runtime_lock.py computes it."""
+    """requirements.lock's runtime subset, as deploy/container/runtime_lock.py computes it for the image."""
     printed = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "python"), "deploy/container/runtime_lock.py",
                               "pyproject.toml", "requirements.lock"], cwd=REPO_ROOT, capture_output=True, text=True,
                              check=True).stdout
-    pins = [line.split(" ")[0] for line in printed.splitlines() if line and not line[0].isspace()
-            and not line.startswith("#")]
-    return {name.lower(): version for name, version in (pin.split("==") for pin in pins)}
-
-
-def _lock() -> dict[str, str]:
-    text = (REPO_ROOT / "requirements.lock").read_text(encoding="utf-8")
-    pins = [line.split(" ")[0] for line in text.splitlines() if line and not line[0].isspace()
-            and not line.startswith("#")]
-    return {name.lower(): version for name, version in (pin.split("==") for pin in pins)}
-
-
-def _normalise(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
+    return _pins(printed)
 
 
 def test_it_holds_the_runtime_lock_and_no_dev_tools(image: str) -> None:
@@ -173,12 +168,12 @@ def test_it_holds_the_runtime_lock_and_no_dev_tools(image: str) -> None:
                        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
                        entrypoint="python")
     assert listing.returncode == 0, listing.stderr
-    installed = {_normalise(name): version for name, version in json.loads(listing.stdout).items()}
-    runtime = {_normalise(name): version for name, version in _runtime_lock().items()}
-    gateway_version = installed.pop("dicom-gateway")
+    installed = {canonicalize_name(name): version for name, version in json.loads(listing.stdout).items()}
+    runtime = _runtime_lock()
+    gateway_version = installed.pop(canonicalize_name("dicom-gateway"))
     assert gateway_version
     assert installed == runtime
-    dev_only = {_normalise(name) for name in _lock()} - set(runtime)
+    dev_only = set(_pins((REPO_ROOT / "requirements.lock").read_text(encoding="utf-8"))) - set(runtime)
     assert {"pytest", "mypy", "ruff", "uv", "setuptools"} <= dev_only  # pinned in the lock, not in the image
     assert "pip" not in installed
     tools = run_once(image, "-c", "for t in pip pip3 uv ruff mypy pytest gcc cc make git; do command -v $t; done; "

@@ -118,3 +118,11 @@ def gateway_container(shape: str) -> dict[str, Any]:
     assert len(found) == 1, [container["name"] for container in candidates]
     container: dict[str, Any] = found[0]
     return container
+
+
+def pre_stop_wait_s(shape: str) -> float:
+    """Seconds the pod's preStop hooks sleep (`python -c "import time; time.sleep(N)"`) before SIGTERM is sent."""
+    spec = pod(shape)
+    commands = [" ".join(container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
+                for container in [*spec.get("initContainers", []), *spec["containers"]]]
+    return sum(float(seconds) for command in commands for seconds in re.findall(r"time\.sleep\(([\d.]+)\)", command))
